@@ -1,0 +1,234 @@
+"""The CGaP schedule: seed → grow → stabilise → prune → fine-tune, deciding WidthChanges from scores.
+
+It reads widths, saliency scores and validation accuracy, and returns data (a WidthChange and
+events); it never touches the model. All of its state is in :meth:`state_dict`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models import round_up
+from ..recipe import CGaPConfig
+from .change import GroupChange, WidthChange
+
+PHASES = ("seed", "grow", "stabilize", "prune", "finetune")
+
+
+@dataclass
+class Decision:
+    change: WidthChange | None = None
+    events: list[dict] = field(default_factory=list)
+
+
+class Schedule:
+    """Decides, at the step boundaries where one is due, whether and how widths change.
+
+    Step numbers count optimizer steps done. Growth happens every ``grow.every`` epochs until
+    ``grow.until`` of training (or earlier: every group capped, or no validation gain over
+    ``grow.patience`` growth steps); then ``stabilize`` of training without change; then a pruning
+    step every ``prune.every`` epochs until ``prune.steps`` steps, the params target, or the
+    accuracy guard; then fine-tuning to the end.
+    """
+
+    def __init__(self, cfg: CGaPConfig, *, steps_per_epoch: int, epochs: int, full_widths: dict[str, int],
+                 round_to: int, params_of: Callable[[dict[str, int]], int], seed: int = 0):
+        self.cfg, self.full, self.round_to, self.params_of = cfg, dict(full_widths), round_to, params_of
+        self.total_steps = steps_per_epoch * epochs
+        self.grow_every = max(1, round(cfg.grow.every * steps_per_epoch))
+        self.prune_every = max(1, round(cfg.prune.every * steps_per_epoch))
+        self.grow_until = round(cfg.grow.until * self.total_steps)
+        self.stabilize_steps = round(cfg.stabilize * self.total_steps)
+        self.params_full = params_of(self.full)
+        self.caps = {k: min(v, max(round_to, round_up(v * cfg.grow.cap_fraction, round_to))) for k, v in self.full.items()}
+        self.floors = {k: min(v, max(round_to, round_up(v * cfg.prune.min_fraction, round_to)))
+                       for k, v in self.full.items()}
+        self.generator = torch.Generator().manual_seed(seed)
+        # state
+        self.phase = "seed" if cfg.grow.enabled else "grow"
+        self.growth_accuracy: list[float] = []
+        self.grow_stopped_at: int | None = None
+        self.prune_start: int | None = None
+        self.prune_base_accuracy: float | None = None
+        self.prune_steps_done = 0
+        self.changes = 0
+
+    # ------------------------------------------------------------------------------------------ timing
+
+    def due(self, step: int) -> bool:
+        """Whether :meth:`decide` has anything to do after ``step`` optimizer steps."""
+        if self.phase in ("seed", "grow"):
+            return step >= self.grow_until or (self.cfg.grow.enabled and step % self.grow_every == 0)
+        if self.phase == "stabilize":
+            return step >= self.prune_start
+        if self.phase == "prune":
+            return (step - self.prune_start) % self.prune_every == 0
+        return False
+
+    def reduction(self, widths: dict[str, int]) -> float:
+        return 1.0 - self.params_of(widths) / self.params_full
+
+    # ---------------------------------------------------------------------------------------- decisions
+
+    def decide(self, step: int, widths: dict[str, int], scores: dict[str, torch.Tensor], val_accuracy: float) -> Decision:
+        decision = Decision()
+        if self.phase in ("seed", "grow"):
+            self._growth(step, widths, scores, val_accuracy, decision)
+        if self.phase == "stabilize" and step >= self.prune_start:
+            self._set_phase("prune" if self.cfg.prune.enabled else "finetune", step, decision)
+            self.prune_base_accuracy = val_accuracy
+        if self.phase == "prune" and decision.change is None and (step - self.prune_start) % self.prune_every == 0:
+            self._pruning(step, widths, scores, val_accuracy, decision)
+        if decision.change is not None:
+            self.changes += 1
+        return decision
+
+    def _growth(self, step, widths, scores, val_accuracy, decision) -> None:
+        cfg = self.cfg.grow
+        stop = None
+        if step >= self.grow_until:
+            stop = f"reached grow.until ({cfg.until} of training)"
+        elif cfg.enabled and step % self.grow_every == 0:
+            self.growth_accuracy.append(val_accuracy)
+            history, p = self.growth_accuracy, cfg.patience
+            if all(widths[k] >= self.caps[k] for k in widths):
+                stop = "every group at its cap"
+            elif len(history) > p and max(history[-p:]) < max(history[:-p]) + cfg.min_gain / 100:
+                stop = f"no validation gain >= {cfg.min_gain} points over {p} growth steps"
+            else:
+                change = self.plan_growth(widths, scores)
+                if change is not None:
+                    decision.change = change
+                    if self.phase == "seed":
+                        self._set_phase("grow", step, decision)
+        if stop is not None:
+            self.grow_stopped_at = step
+            self.prune_start = step + self.stabilize_steps
+            decision.events.append({"event": "growth_stopped", "step": step, "reason": stop})
+            self._set_phase("stabilize", step, decision)
+
+    def _pruning(self, step, widths, scores, val_accuracy, decision) -> None:
+        cfg = self.cfg.prune
+        stop = None
+        if self.reduction(widths) >= cfg.target_reduction:
+            stop = f"params reduction reached the target {cfg.target_reduction}"
+        elif val_accuracy < self.prune_base_accuracy - cfg.max_accuracy_drop / 100:
+            stop = (f"validation accuracy {val_accuracy:.4f} fell more than {cfg.max_accuracy_drop} points below "
+                    f"{self.prune_base_accuracy:.4f}")
+        else:
+            decision.change = self.plan_pruning(widths, scores)
+            self.prune_steps_done += 1
+            if decision.change is None:
+                stop = "every group at its floor"
+            elif self.prune_steps_done >= cfg.steps:
+                stop = f"done {cfg.steps} pruning steps"
+            elif self.reduction(decision.change.widths(widths)) >= cfg.target_reduction:
+                stop = f"params reduction reached the target {cfg.target_reduction}"
+        if stop is not None:
+            decision.events.append({"event": "pruning_stopped", "step": step, "reason": stop})
+            self._set_phase("finetune", step, decision)
+
+    def _set_phase(self, phase: str, step: int, decision: Decision) -> None:
+        if phase != self.phase:
+            decision.events.append({"event": "phase", "step": step, "from": self.phase, "to": phase})
+            self.phase = phase
+
+    # ---------------------------------------------------------------------------------------- planners
+
+    def plan_growth(self, widths: dict[str, int], scores: dict[str, torch.Tensor]) -> WidthChange | None:
+        """Each group below its cap gets ``ceil(rate × width)`` children of its top units, the new width
+        rounded up to ``round_to`` and clipped to the cap."""
+        cfg = self.cfg.grow
+        groups = {}
+        for name, width in widths.items():
+            target = min(self.caps[name], round_up(width + math.ceil(cfg.rate * width), self.round_to))
+            count = target - width
+            if count <= 0:
+                continue
+            if cfg.selection == "random":
+                order = torch.randperm(width, generator=self.generator)
+            else:
+                order = torch.argsort(scores[name].float().cpu(), descending=True, stable=True)
+            parents = order.repeat(math.ceil(count / width))[:count]
+            groups[name] = GroupChange.grow(width, None if cfg.init == "random_zero_out" else parents, count)
+        return WidthChange("grow", groups) if groups else None
+
+    def plan_pruning(self, widths: dict[str, int], scores: dict[str, torch.Tensor]) -> WidthChange | None:
+        """Remove ``step_fraction`` of the units with the lowest layer-normalised score ``S / mean(S)``,
+        globally, keeping widths multiples of ``round_to`` and above the floors; stop short of
+        overshooting the params target."""
+        cfg = self.cfg.prune
+        names = list(widths)
+        normalised = []
+        for gi, name in enumerate(names):
+            s = scores[name].float().cpu()
+            s = s / s.mean().clamp(min=1e-30)
+            normalised.append(torch.stack([s, torch.full_like(s, gi), torch.arange(len(s), dtype=s.dtype)], 1))
+        ranked = torch.cat(normalised)
+        ranked = ranked[torch.argsort(ranked[:, 0], stable=True)]
+        group_of = ranked[:, 1].long().tolist()
+
+        def removals(n: int) -> dict[str, int]:
+            counts = dict.fromkeys(names, 0)
+            taken = 0
+            for gi in group_of:
+                if taken == n:
+                    break
+                name = names[gi]
+                if widths[name] - counts[name] - 1 >= self.floors[name]:
+                    counts[name] += 1
+                    taken += 1
+            return {k: (v // self.round_to) * self.round_to for k, v in counts.items()}
+
+        budget = math.ceil(cfg.step_fraction * sum(widths.values()))
+        counts = removals(budget)
+        if not any(counts.values()):
+            # Rounding left nothing: take round_to units from the group whose lowest scores are lowest.
+            for gi in group_of:
+                name = names[gi]
+                if widths[name] - self.round_to >= self.floors[name]:
+                    counts = {name: self.round_to}
+                    break
+            else:
+                return None
+
+        def after(c: dict[str, int]) -> dict[str, int]:
+            return {k: widths[k] - c.get(k, 0) for k in widths}
+
+        if self.reduction(after(counts)) > cfg.target_reduction:
+            lo, hi = 1, budget  # smallest budget whose plan reaches the target
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self.reduction(after(removals(mid))) >= cfg.target_reduction:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            if any(removals(lo).values()):
+                counts = removals(lo)
+        groups = {}
+        for gi, name in enumerate(names):
+            if counts.get(name, 0) == 0:
+                continue
+            order = torch.argsort(normalised[gi][:, 0], stable=True)
+            kept = torch.sort(order[counts[name]:]).values
+            groups[name] = GroupChange.keep(kept)
+        return WidthChange("prune", groups)
+
+    # ---------------------------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        return {
+            "phase": self.phase, "growth_accuracy": list(self.growth_accuracy),
+            "grow_stopped_at": self.grow_stopped_at, "prune_start": self.prune_start,
+            "prune_base_accuracy": self.prune_base_accuracy, "prune_steps_done": self.prune_steps_done,
+            "changes": self.changes, "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state.pop("generator"))
+        for key, value in state.items():
+            setattr(self, key, value)

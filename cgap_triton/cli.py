@@ -1,0 +1,131 @@
+"""Command line: ``python -m cgap_triton recipe RECIPE [key=value ...]`` and ``... report RUN_DIR ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .data import DataError
+from .recipe import RecipeError, load_recipe, to_toml
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cgap_triton",
+                                     description="Grow and prune CNNs during training (CGaP).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("recipe", help="train from a TOML recipe")
+    run.add_argument("recipe", nargs="?", help="recipe file (optional with --resume)")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.05")
+    run.add_argument("--out", help="run folder (default: runs/<recipe-stem>-<UTC time>)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    run.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the live dashboard")
+    run.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    report = sub.add_parser("report", help="summarise finished runs (side by side) and redraw growth.png")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    return parser
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "report":
+        return _report(args)
+    return _recipe(args)
+
+
+def _recipe(args) -> int:
+    resume = Path(args.resume) if args.resume else None
+    recipe_path = args.recipe
+    if recipe_path and "=" in recipe_path and not Path(recipe_path).exists():
+        args.overrides.insert(0, recipe_path)
+        recipe_path = None
+    if resume is not None:
+        if not (resume / "checkpoint.pt").is_file():
+            return fail(f"--resume {resume}: no checkpoint.pt there")
+        recipe_path = recipe_path or resume / "recipe.toml"
+    if not recipe_path:
+        return fail("recipe: a recipe file is required, e.g. python -m cgap_triton recipe recipes/quickstart.toml")
+    try:
+        recipe = load_recipe(recipe_path, args.overrides)
+    except RecipeError as err:
+        print(f"error: invalid recipe ({len(err.problems)} problem{'s' * (len(err.problems) > 1)}):", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.print_config:
+        sys.stdout.write(to_toml(recipe))
+        return 0
+    stem = Path(recipe_path).stem if resume is None else resume.name
+    if resume is not None:
+        out = resume
+    else:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out or recipe.run.out or f"runs/{stem}-{stamp}")
+        if out.exists() and any(out.iterdir()):
+            return fail(f"--out {out}: the folder exists and is not empty; choose another, or --resume {out}")
+    dashboard = recipe.dashboard.enabled and not args.no_dashboard and sys.stdout.isatty()
+
+    from .train import CGaPRecipe, Interrupted, TrainingStopped
+
+    run = CGaPRecipe(recipe, out, dashboard=dashboard, resume=resume is not None, recipe_name=stem)
+    try:
+        run.setup()
+        summary = run.train()
+    except (DataError, CheckpointError) as err:
+        return fail(str(err))
+    except TrainingStopped as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Interrupted as err:
+        print(f"\ninterrupted ({err}); checkpoint saved. Resume with:\n  python -m cgap_triton recipe --resume {out}",
+              file=sys.stderr)
+        return 128 + err.signum
+    finally:
+        run.cleanup()
+    from .report import summary_table
+    from rich.console import Console
+
+    Console().print(summary_table({out.name: summary}))
+    print(f"run folder: {out}")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import load_summary, plot_growth, print_report
+
+    try:
+        print_report([Path(d) for d in args.runs])
+    except FileNotFoundError as err:
+        return fail(str(err))
+    for d in args.runs:
+        summary = load_summary(Path(d))
+        trajectory, phases = _trajectory(Path(d))
+        if trajectory:
+            plot_growth(Path(d), trajectory, phases, summary["widths_full"])
+    return 0
+
+
+def _trajectory(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Rebuild the growth curve from metrics.jsonl."""
+    import json
+
+    trajectory, phases = [], []
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return [], []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("event") in ("start", "grow", "prune"):
+            trajectory.append({"step": rec["step"], "params": rec["params"], "widths": rec["widths"]})
+        elif rec.get("event") == "phase":
+            phases.append({"step": rec["step"], "phase": rec["to"]})
+    return trajectory, phases

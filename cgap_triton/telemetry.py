@@ -1,0 +1,112 @@
+"""Telemetry: a small protocol (``log_metrics``, ``log_event``, ``close``) with jsonl and stdout sinks.
+
+The rich dashboard (``cgap_triton.dashboard``) is a third sink. Sinks only read what they are given;
+the trainer owns all state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+
+class Sink(Protocol):
+    def log_metrics(self, metrics: dict[str, Any]) -> None: ...
+
+    def log_event(self, event: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class JsonlSink:
+    """metrics.jsonl: one line per logged step (``"kind": "step"``) and per event (``"kind": "event"``)."""
+
+    def __init__(self, path: Path, append: bool = False):
+        self.file = open(path, "a" if append else "w", buffering=1)
+
+    def log_metrics(self, metrics: dict[str, Any]) -> None:
+        self.file.write(json.dumps(_clean({"kind": "step", "time": time.time(), **metrics})) + "\n")
+
+    def log_event(self, event: dict[str, Any]) -> None:
+        self.file.write(json.dumps(_clean({"kind": "event", "time": time.time(), **event})) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One human line per event, shared by the stdout sink and the dashboard."""
+    kind = event.get("event")
+    if kind in ("grow", "prune"):
+        verb = "grew" if kind == "grow" else "pruned"
+        parts = [f"{g} {a}→{b} ({b - a:+d})" for g, (a, b) in event["change"].items()]
+        shown = ", ".join(parts[:4]) + (f", … {len(parts) - 4} more" if len(parts) > 4 else "")
+        units = sum(abs(b - a) for a, b in event["change"].values())
+        return f"{verb} {units} units: {shown}; params {event['params']:,}"
+    if kind == "phase":
+        return f"phase {event['from']} → {event['to']}"
+    if kind in ("growth_stopped", "pruning_stopped"):
+        return f"{kind.replace('_', ' ')}: {event['reason']}"
+    if kind == "compile":
+        return f"compiled {event['reason']} in {event['seconds']:.1f}s (compilation {event['count']})"
+    if kind == "eval":
+        return f"epoch {event['epoch']} val_accuracy {event['val_accuracy']:.4f}"
+    if kind == "checkpoint":
+        return f"checkpoint saved: {event['path']}"
+    rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "step", "epoch"))
+    return f"{kind} {rest}".strip()
+
+
+class StdoutSink:
+    """Plain, greppable lines: one per logged step and one per event."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+
+    def log_metrics(self, m: dict[str, Any]) -> None:
+        self.stream.write(
+            f"step {m['step']:>6} epoch {m['epoch']:>6.2f} phase {m['phase']:<9} loss {m['loss']:.4f} "
+            f"train_acc {m['train_accuracy']:.3f} lr {m['lr']:.4g} params {m['params']:,} "
+            f"img/s {m['images_per_second']:.0f}\n"
+        )
+        self.stream.flush()
+
+    def log_event(self, event: dict[str, Any]) -> None:
+        self.stream.write(f"[step {event.get('step', '-')}] {describe_event(event)}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class Telemetry:
+    """Fan-out to several sinks."""
+
+    def __init__(self, sinks: list[Sink]):
+        self.sinks = sinks
+
+    def log_metrics(self, metrics: dict[str, Any]) -> None:
+        for s in self.sinks:
+            s.log_metrics(metrics)
+
+    def log_event(self, event: dict[str, Any]) -> None:
+        for s in self.sinks:
+            s.log_event(event)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()

@@ -1,0 +1,366 @@
+"""The CGaP training recipe: setup(), train(), evaluate(), save_checkpoint(), cleanup().
+
+One loop trains the model; after each backward the saliency tracker folds the step's statistics into
+its EMA; where the schedule has a decision due, it reads scores and validation accuracy and may return
+a WidthChange, which surgery applies in place before the model is compiled again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .cgap import SaliencyTracker, Schedule, WidthChange, apply_width_change
+from .checkpoint import CheckpointError, atomic_save, atomic_write_text, load_checkpoint
+from .compile import CompiledModel
+from .data import Batches, Dataset, load_dataset
+from .models import ModelSpec, SizeOracle, build_model, seed_widths, spec_from_recipe
+from .recipe import Recipe, build_recipe, to_toml
+from .telemetry import JsonlSink, StdoutSink, Telemetry
+
+
+class TrainingStopped(Exception):
+    """The run cannot go on (a NaN loss under nan_policy = "stop"); the message says where and why."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved at the step boundary."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@dataclass
+class Progress:
+    """Everything the loop counts; saved in checkpoints."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # batches done within ``epoch``
+    train_macs: int = 0
+    train_macs_dense: int = 0
+    peak_params: int = 0
+    skipped_steps: int = 0
+    val_accuracy: float = 0.0
+    trajectory: list[dict] = field(default_factory=list)  # params and widths over training (growth curve)
+    phases: list[dict] = field(default_factory=list)  # phase boundaries
+    wall_seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class CGaPRecipe:
+    """A CGaP (or baseline) run from a validated recipe into a run folder."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path, *, dashboard: bool = False, resume: bool = False,
+                 recipe_name: str = "recipe"):
+        self.recipe, self.out_dir, self.want_dashboard = recipe, Path(out_dir), dashboard
+        self.resume, self.recipe_name = resume, recipe_name
+        self._signal: int | None = None
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        r = self.recipe
+        self.device = resolve_device(r.train.device)
+        torch.manual_seed(r.run.seed)
+        self.data: Dataset = load_dataset(r.data)
+        self.train_split, self.val_split, self.test_split = (
+            s.to(self.device) for s in (self.data.train, self.data.val, self.data.test))
+        num_classes = r.model.num_classes or self.data.num_classes
+        self.spec: ModelSpec = spec_from_recipe(r.model, num_classes, self.data.in_channels, self.data.image_size)
+        self.sizes = SizeOracle(self.spec)
+        self.widths_full = self.spec.full_widths()
+        self.params_full, self.macs_full = self.sizes(self.widths_full)
+        self.widths_seed = seed_widths(self.widths_full, r.cgap.seed_fraction, r.model.round_to)
+
+        state = load_checkpoint(self.out_dir / "checkpoint.pt") if self.resume else None
+        widths = state["widths"] if state else self.widths_seed
+        self.model = build_model(self.spec, widths, device=self.device)
+        self.optimizer = self._make_optimizer()
+        self.batches = Batches(self.train_split, r.data.batch_size, self.data.mean, self.data.std,
+                               augment=self.data.augment, shuffle=True, drop_last=True, seed=r.run.seed)
+        if len(self.batches) == 0:
+            raise TrainingStopped(f"data.batch_size: {r.data.batch_size} is larger than the "
+                                  f"{len(self.train_split)} training images; no full batch to train on")
+        self.tracker = SaliencyTracker(self.model, r.cgap.importance.criterion, r.cgap.importance.momentum,
+                                       r.cgap.importance.every)
+        self.schedule = Schedule(r.cgap, steps_per_epoch=len(self.batches), epochs=r.train.epochs,
+                                 full_widths=self.widths_full, round_to=r.model.round_to,
+                                 params_of=self.sizes.params, seed=r.run.seed)
+        self.progress = Progress()
+        if state:
+            self._restore(state)
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(to_toml(r), self.out_dir / "recipe.toml")
+        sinks = [JsonlSink(self.out_dir / "metrics.jsonl", append=self.resume)]
+        if self.want_dashboard:
+            from .dashboard import Dashboard
+
+            self.dashboard = Dashboard(self)
+            sinks.append(self.dashboard)
+        else:
+            self.dashboard = None
+            sinks.append(StdoutSink())
+        self.telemetry = Telemetry(sinks)
+        self.compiled = CompiledModel(self.model, r.compile, self.telemetry.log_event)
+        self.params, self.macs = self.sizes(self.model.widths)
+        self.progress.peak_params = max(self.progress.peak_params, self.params)
+        self.telemetry.log_event({
+            "event": "start" if not state else "resume", "step": self.progress.step, "device": str(self.device),
+            "recipe": self.recipe_name, "data": self.data.name + (" (synthetic)" if self.data.synthetic else ""),
+            "widths": self.model.widths, "widths_full": self.widths_full, "params": self.params,
+            "params_full": self.params_full, "steps_per_epoch": len(self.batches), "epochs": r.train.epochs,
+        })
+        if not state:
+            self._record_trajectory()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.recipe.optim
+        params = self.model.parameters()
+        if o.name == "sgd":
+            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+        return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def lr_at(self, step: int) -> float:
+        o, total = self.recipe.optim, self.schedule.total_steps
+        progress = step / total
+        warmup = o.warmup_epochs * len(self.batches)
+        if warmup and step < warmup:
+            return o.lr * (step + 1) / warmup
+        if o.schedule == "constant":
+            return o.lr
+        if o.schedule == "cosine":
+            return 0.5 * o.lr * (1 + math.cos(math.pi * progress))
+        return o.lr * 0.1 ** sum(progress >= m for m in o.milestones)
+
+    def train(self) -> dict[str, Any]:
+        r, p = self.recipe, self.progress
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        started = time.perf_counter() - p.wall_seconds
+        window = {"loss": torch.zeros((), device=self.device), "correct": torch.zeros((), device=self.device),
+                  "images": 0, "steps": 0, "time": time.perf_counter()}
+        try:
+            while p.epoch < r.train.epochs:
+                for x, y in self.batches.epoch(p.epoch, start=p.batch):
+                    t0 = self.compiled.step_started()
+                    loss, correct = self._train_step(x, y)
+                    self.compiled.step_finished(t0, p.step)
+                    p.batch += 1
+                    if loss is not None:
+                        window["loss"] += loss
+                        window["correct"] += correct
+                        window["images"] += y.numel()
+                        window["steps"] += 1
+                    del loss
+                    if p.step % r.train.log_every == 0:
+                        self._log_window(window)
+                    if self.schedule.due(p.step):
+                        self._decide()
+                    p.wall_seconds = time.perf_counter() - started
+                    if self._signal is not None:
+                        self.save_checkpoint()
+                        raise Interrupted(self._signal)
+                p.epoch += 1
+                p.batch = 0
+                p.val_accuracy = self.evaluate(self.val_split)[0]
+                self.telemetry.log_event({"event": "eval", "step": p.step, "epoch": p.epoch,
+                                          "val_accuracy": p.val_accuracy})
+                p.wall_seconds = time.perf_counter() - started
+                if r.checkpoint.every and p.epoch % r.checkpoint.every == 0 or p.epoch == r.train.epochs:
+                    self.save_checkpoint()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return self.finish()
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        p = self.progress
+        lr = self.lr_at(p.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        logits = self.compiled(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.train.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            where = f"step {p.step + 1} (epoch {p.epoch}, phase {self.schedule.phase}): loss is {loss.item()}"
+            if self.recipe.train.nan_policy == "stop":
+                raise TrainingStopped(f"{where}; stopped. The last good checkpoint is in {self.out_dir}. "
+                                      f"Lower optim.lr, or set train.nan_policy=\"skip\" to skip such batches.")
+            self.telemetry.log_event({"event": "skipped_step", "step": p.step + 1, "reason": where})
+            p.skipped_steps += 1
+            p.step += 1
+            return None, None
+        loss.backward()
+        self.tracker.update(p.step)
+        self.optimizer.step()
+        p.step += 1
+        batch = y.numel()
+        p.train_macs += 3 * self.macs * batch  # forward + backward ≈ 3 × forward MACs
+        p.train_macs_dense += 3 * self.macs_full * batch
+        return loss.detach() * batch, (logits.detach().argmax(1) == y).sum()
+
+    def _log_window(self, window: dict) -> None:
+        p = self.progress
+        now = time.perf_counter()
+        images = max(1, window["images"])
+        metrics = {
+            "step": p.step, "epoch": p.step / len(self.batches), "phase": self.schedule.phase,
+            "loss": float(window["loss"]) / images, "train_accuracy": float(window["correct"]) / images,
+            "val_accuracy": p.val_accuracy, "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_second": window["images"] / max(1e-9, now - window["time"]),
+            "params": self.params, "macs": self.macs, "peak_params": p.peak_params, "widths": self.model.widths,
+            "train_macs": p.train_macs, "compiled": self.compiled.compiled is not None,
+        }
+        self.telemetry.log_metrics(metrics)
+        window.update(loss=window["loss"] * 0, correct=window["correct"] * 0, images=0, steps=0, time=now)
+
+    def _decide(self) -> None:
+        p = self.progress
+        val_accuracy = self.evaluate(self.val_split)[0]
+        p.val_accuracy = val_accuracy
+        before = self.model.widths
+        phase_before = self.schedule.phase
+        decision = self.schedule.decide(p.step, before, self.tracker.scores(), val_accuracy)
+        if decision.change is not None:
+            self._apply(decision.change, before)
+        for event in decision.events:
+            event.setdefault("epoch", p.step / len(self.batches))
+            self.telemetry.log_event(event)
+            if event["event"] == "phase":
+                p.phases.append({"step": event["step"], "phase": event["to"]})
+        if self.schedule.phase != phase_before:
+            self.save_checkpoint()
+
+    def _apply(self, change: WidthChange, before: dict[str, int]) -> None:
+        r, p = self.recipe, self.progress
+        apply_width_change(self.model, change, optimizer=self.optimizer, saliency=self.tracker.buffers,
+                           init=r.cgap.grow.init, noise=r.cgap.grow.noise,
+                           seed=(r.run.seed * 7_919 + self.schedule.changes) % 2**31)
+        self.params, self.macs = self.sizes(self.model.widths)
+        p.peak_params = max(p.peak_params, self.params)
+        kind = change.kind
+        self.telemetry.log_event({
+            "event": kind, "step": p.step, "epoch": p.step / len(self.batches), "change": change.summary(before),
+            "widths": self.model.widths, "params": self.params, "macs": self.macs,
+            "params_reduction": 1 - self.params / self.params_full, "changes": self.schedule.changes,
+        })
+        self._record_trajectory()
+        self.compiled.invalidate(f"after {kind} step {self.schedule.changes}", self._steps_until_next_change())
+
+    def _steps_until_next_change(self) -> int:
+        s = self.schedule
+        if s.phase in ("seed", "grow"):
+            return s.grow_every
+        if s.phase == "prune":
+            return s.prune_every
+        return s.total_steps - self.progress.step
+
+    def _record_trajectory(self) -> None:
+        self.progress.trajectory.append({"step": self.progress.step, "params": self.params,
+                                         "widths": self.model.widths})
+
+    @torch.no_grad()
+    def evaluate(self, split) -> tuple[float, float]:
+        """(accuracy, mean loss) of the raw model in eval mode."""
+        self.model.eval()
+        batches = Batches(split, max(256, self.recipe.data.batch_size * 2), self.data.mean, self.data.std)
+        correct = torch.zeros((), device=self.device)
+        total_loss = torch.zeros((), device=self.device)
+        for x, y in batches:
+            logits = self.model(x)
+            total_loss += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        self.model.train()
+        n = max(1, len(split))
+        return float(correct) / n, float(total_loss) / n
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._signal is not None:  # a second Ctrl-C: stop now, the last checkpoint stays whole
+            raise KeyboardInterrupt
+        self._signal = signum
+
+    # ------------------------------------------------------------------------------------------ saving
+
+    def save_checkpoint(self) -> None:
+        p = self.progress
+        state = {
+            "format": 1, "recipe": self.recipe.to_dict(), "spec": self.spec.to_dict(), "widths": self.model.widths,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "saliency": self.tracker.state_dict(), "schedule": self.schedule.state_dict(),
+            "progress": {k: getattr(p, k) for k in p.__dataclass_fields__},
+            "compile": self.compiled.state(),
+            "rng": {"torch": torch.get_rng_state()},
+        }
+        atomic_save(state, self.out_dir / "checkpoint.pt")
+        self.telemetry.log_event({"event": "checkpoint", "step": p.step, "path": str(self.out_dir / "checkpoint.pt")})
+
+    def _restore(self, state: dict) -> None:
+        if build_recipe(state["recipe"], "checkpoint") != self.recipe:
+            raise CheckpointError("the checkpoint was written by a different recipe; resume with the run's own "
+                                  "recipe.toml (or --resume RUN_DIR alone)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.tracker.load_state_dict(state["saliency"])
+        self.schedule.load_state_dict(dict(state["schedule"]))
+        self.progress = Progress(**state["progress"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self._restored_compile = state.get("compile", {})
+
+    def finish(self) -> dict[str, Any]:
+        p = self.progress
+        test_accuracy, test_loss = self.evaluate(self.test_split)
+        model_file = {"spec": self.spec.to_dict(), "widths": self.model.widths, "state_dict": self.model.state_dict(),
+                      "mean": list(self.data.mean), "std": list(self.data.std)}
+        atomic_save(model_file, self.out_dir / "model.pt")
+        prior = getattr(self, "_restored_compile", {})
+        summary = {
+            "recipe": self.recipe_name, "data": self.data.name, "synthetic_data": self.data.synthetic,
+            "test_accuracy": test_accuracy, "test_loss": test_loss, "val_accuracy": p.val_accuracy,
+            "params": self.params, "macs": self.macs, "params_full": self.params_full, "macs_full": self.macs_full,
+            "params_reduction": 1 - self.params / self.params_full, "macs_reduction": 1 - self.macs / self.macs_full,
+            "peak_params": p.peak_params, "params_seed": self.sizes.params(self.widths_seed),
+            "widths": self.model.widths, "widths_full": self.widths_full, "widths_seed": self.widths_seed,
+            "structural_changes": self.schedule.changes, "train_macs": p.train_macs,
+            "train_macs_dense": p.train_macs_dense, "train_macs_ratio": p.train_macs / max(1, p.train_macs_dense),
+            "wall_seconds": p.wall_seconds,
+            "compile_seconds": self.compiled.compile_seconds + prior.get("compile_seconds", 0.0),
+            "recompiles": self.compiled.compilations + prior.get("compilations", 0),
+            "compile_fallbacks": self.compiled.fallbacks + prior.get("fallbacks", 0),
+            "skipped_steps": p.skipped_steps, "steps": p.step, "epochs": self.recipe.train.epochs,
+            "device": str(self.device), "world_size": 1,
+        }
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", self.out_dir / "summary.json")
+        self.telemetry.log_event({"event": "done", "step": p.step, "test_accuracy": test_accuracy,
+                                  "params": self.params, "params_reduction": summary["params_reduction"]})
+        try:
+            from .report import plot_growth
+
+            plot_growth(self.out_dir, p.trajectory, p.phases, self.widths_full)
+        except ImportError as err:  # matplotlib missing: the run is still complete
+            print(f"growth.png skipped: {err}", file=sys.stderr)
+        return summary
+
+    def cleanup(self) -> None:
+        telemetry = getattr(self, "telemetry", None)
+        if telemetry is not None:
+            telemetry.close()
