@@ -1,0 +1,278 @@
+"""channel_stats: the Triton kernel (interpreted, on CPU) against the torch reference, plus AOT builds for sm_80/90.
+
+Tolerances: both paths convert the inputs to float32 exactly and form the same float32 products, so they differ
+only in summation order, for every input dtype. The error of a float32 sum scales with Σ|terms|, so each entry is
+compared within ``atol + rtol · scale`` where scale is Σ|terms| of that entry (l1, l2sq, and wg_abs for wg).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from cgap_triton.kernels import channel_stats, reference
+
+triton = pytest.importorskip("triton")
+stats = pytest.importorskip("cgap_triton.kernels.stats")
+
+DTYPES = [(torch.float32, 1e-6, 2e-5), (torch.float16, 1e-6, 2e-5), (torch.bfloat16, 1e-6, 2e-5)]
+
+
+def _rand(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Random values bounded away from zero (a zero would hide a missed or doubled element)."""
+    values = torch.rand(*shape) + 0.5
+    return (values * (torch.randint(0, 2, shape) * 2 - 1)).to(dtype)
+
+
+def _scale(weights, grads, dims, out=None, momentum=None) -> list[torch.Tensor]:
+    """Per entry, the Σ|terms| that bounds the error of each float32 sum (see module docstring)."""
+    new = reference.channel_stats(
+        [w.abs() for w in weights], None if grads is None else [g.abs() for g in grads], dim=dims
+    )
+    scales = [s[:, [0, 1, 3, 3]] for s in new]
+    if momentum is not None:
+        scales = [momentum * o.abs() + (1 - momentum) * s for o, s in zip(out, scales)]
+    return scales
+
+
+def _assert_close(actual: list[torch.Tensor], expected: list[torch.Tensor], scales, atol: float, rtol: float):
+    assert len(actual) == len(expected)
+    for i, (a, e, s) in enumerate(zip(actual, expected, scales)):
+        assert a.dtype == torch.float32 and a.shape == e.shape, f"result {i}: {a.dtype} {tuple(a.shape)}"
+        bad = ~((a - e).abs() <= atol + rtol * s)  # NaN counts as bad
+        if bad.any():
+            where = bad.nonzero()[:5].tolist()
+            shown = ", ".join(f"[{r},{c}] {a[r, c].item():.8g} vs {e[r, c].item():.8g}" for r, c in where)
+            raise AssertionError(f"result {i}: {int(bad.sum())} mismatches, first (actual vs expected): {shown}")
+
+
+def _check(weights, grads, dims, atol, rtol, *, ema: str = "none", momentum: float = 0.75):
+    """Run both paths with fresh ``out`` tensors for ``ema`` in ("none", "out", "momentum") and compare."""
+    out_kernel = out_reference = None
+    if ema != "none":
+        out_reference = [_rand(w.shape[d], 4) for w, d in zip(weights, dims)]
+        out_kernel = [o.clone() for o in out_reference]
+    m = momentum if ema == "momentum" else None
+    scales = _scale(weights, grads, dims, out_reference, m)
+    expected = reference.channel_stats(weights, grads, out=out_reference, momentum=m, dim=dims)
+    actual = channel_stats(weights, grads, out=out_kernel, momentum=m, dim=dims, impl="triton")
+    _assert_close(actual, expected, scales, atol, rtol)
+    if out_kernel is not None:
+        assert all(a is o for a, o in zip(actual, out_kernel)), "the out tensors must be returned"
+    return actual
+
+
+# (shape, dim, view): view turns a freshly made tensor into a non-contiguous one
+CASES = {
+    "1-channel": ((1, 5), 0, None),
+    "1-element": ((1,), 0, None),
+    "bias": ((13,), 0, None),
+    "1-per-channel": ((7, 1), 0, None),
+    "prime": ((7, 11), 0, None),
+    "linear-dim1": ((6, 10), 1, None),
+    "conv": ((6, 5, 3, 3), 0, None),
+    "conv-dim1": ((4, 5, 3, 3), 1, None),
+    "long-channel": ((3, 2 * stats.MAX_BLOCK_N + 37), 0, None),
+    "long-column": ((stats.MAX_BLOCK_N + 29, 2), 1, None),
+    "transposed": ((9, 6), 0, lambda t: t.t()),
+    "sliced-conv": ((8, 6, 5, 3), 1, lambda t: t[1::2, ::2, 1:4, :2]),
+    "expanded": ((5, 1), 0, lambda t: t.expand(5, 6)),
+    "permuted-3d": ((4, 6, 5), 2, lambda t: t.permute(1, 2, 0)[:, ::2]),
+}
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_matches_reference(case, dtype, atol, rtol):
+    shape, dim, view = CASES[case]
+    make = (lambda: view(_rand(*shape, dtype=dtype))) if view else (lambda: _rand(*shape, dtype=dtype))
+    w, g = make(), make()
+    _check([w], [g], [dim], atol, rtol)
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("with_grads", [False, True])
+@pytest.mark.parametrize("ema", ["none", "out", "momentum"])
+def test_many_tensors_one_call(dtype, atol, rtol, with_grads, ema):
+    weights = [
+        _rand(6, 3, 3, 3, dtype=dtype),
+        _rand(5, 6, 3, 3, dtype=dtype)[:, 1:],
+        _rand(3, 7, dtype=dtype),
+        _rand(7, 5, dtype=dtype).t(),
+        _rand(11, dtype=dtype),
+    ]
+    dims = [0, 1, 0, 1, 0]
+    grads = [_rand(*w.shape, dtype=dtype) for w in weights] if with_grads else None
+    actual = _check(weights, grads, dims, atol, rtol, ema=ema)
+    if not with_grads and ema == "none":
+        assert all(bool((a[:, 2:] == 0).all()) for a in actual), "wg columns must be 0 without grads"
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_weight_and_grad_with_different_layouts(dim):
+    w = _rand(6, 5, 3, 3)
+    g = _rand(6, 5, 3, 3).to(memory_format=torch.channels_last)  # strides differ: no dims merge jointly
+    _check([w, g[:, 1:]], [g, w[:, 1:]], [dim, dim], 1e-6, 2e-5, ema="out")
+
+
+def test_mixed_dtypes_launch_once_per_dtype_group(monkeypatch):
+    launches = []
+    kernel = stats._channel_l1_l2_wg_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(stats, "_channel_l1_l2_wg_kernel", Counting())
+    weights = [_rand(3, 4), _rand(5, 2, dtype=torch.float16), _rand(2, 3), _rand(4, 3, dtype=torch.bfloat16)]
+    grads = [_rand(3, 4), _rand(5, 2), _rand(2, 3), _rand(4, 3, dtype=torch.bfloat16)]  # grads[1] is float32
+    _check(weights, grads, [0] * 4, 1e-6, 2e-5, ema="momentum")
+    assert sorted(launches) == [(4,), (5,), (5,)]  # (fp32, fp32) x2 channels 3+2, (fp16, fp32), (bf16, bf16)
+    launches.clear()
+    channel_stats([_rand(2, 3, 3, 3) for _ in range(16)], impl="triton")  # 16 convs: one launch
+    assert launches == [(32,)]
+
+
+def test_fp32_accumulation_for_half_inputs():
+    w = torch.full((2, 3000), 300.0, dtype=torch.float16)  # 300² overflows fp16, 3000 ones stall an fp16 sum
+    result = channel_stats([w], [torch.ones_like(w)], impl="triton")[0]
+    expected = torch.tensor([[900_000.0, 270_000_000.0, 900_000.0, 900_000.0]] * 2)
+    assert torch.equal(result, expected), result
+
+
+def test_deterministic_bit_identical():
+    weights = [_rand(5, 2500), _rand(4, 3, 3, 3)]
+    grads = [_rand(5, 2500), _rand(4, 3, 3, 3)]
+    first = channel_stats(weights, grads, dim=[0, 1], impl="triton")
+    stats._table_cache.clear()
+    second = channel_stats(weights, grads, dim=[0, 1], impl="triton")
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_table_cache_reuses_tables_and_reads_current_values():
+    w = _rand(4, 6)
+    first = channel_stats([w], impl="triton")[0]
+    cached = len(stats._table_cache)
+    w.mul_(2)  # same address, new values: a cached table holds addresses, not data
+    second = channel_stats([w], impl="triton")[0]
+    assert len(stats._table_cache) == cached
+    assert torch.equal(second[:, 0], 2 * first[:, 0]) and torch.equal(second[:, 1], 4 * first[:, 1])
+
+
+@pytest.mark.parametrize("momentum", [None, 0.5])
+def test_guard_buffers(momentum):
+    sentinel = 12345.0
+    w_buffer = torch.full((9, 14, 8), float("nan"))
+    g_buffer = torch.full((9, 14, 8), float("nan"))
+    w = w_buffer[1:8:2, 2:12, 1:7].transpose(1, 2)  # [4, 6, 10], channels on dim 2: 10 channels
+    g = g_buffer[1:8:2, 2:12, 1:7].transpose(1, 2)
+    w.copy_(_rand(*w.shape))
+    g.copy_(_rand(*g.shape))
+    out_buffer = torch.full((23, 11), sentinel)
+    out = out_buffer[2:22:2, 1:9:2]  # [10, 4], strides (22, 2)
+    out.copy_(_rand(10, 4))
+    out_reference = out.clone()
+    expected = reference.channel_stats([w], [g], out=[out_reference], momentum=momentum, dim=2)
+    scales = _scale([w], [g], [2], [out.clone()], momentum)
+    result = channel_stats([w], [g], out=[out], momentum=momentum, dim=2, impl="triton")
+    _assert_close(result, expected, scales, 1e-6, 2e-5)
+    outside = torch.ones_like(out_buffer, dtype=torch.bool)
+    outside[2:22:2, 1:9:2] = False
+    assert bool((out_buffer[outside] == sentinel).all()), "the kernel wrote outside out"
+    inside = torch.zeros_like(w_buffer, dtype=torch.bool)
+    inside[1:8:2, 2:12, 1:7] = True
+    assert bool(w_buffer[~inside].isnan().all()) and bool(g_buffer[~inside].isnan().all()), "inputs were written"
+
+
+def test_guard_many_tensors_no_out():
+    buffer = torch.full((64,), float("nan"))
+    w1 = buffer[3 : 3 + 15].view(3, 5)
+    w2 = buffer[20 : 20 + 24].view(4, 6)[:, 1:5]
+    w1.copy_(_rand(3, 5))
+    w2.copy_(_rand(4, 4))
+    result = channel_stats([w1, w2], [w1, w2], impl="triton")
+    assert all(bool(r.isfinite().all()) for r in result), "NaN from outside the inputs leaked in"
+    _assert_close(result, reference.channel_stats([w1, w2], [w1, w2]), _scale([w1, w2], [w1, w2], [0, 0]), 1e-6, 2e-5)
+
+
+BAD_CALLS = {
+    "grad shape": (lambda: dict(weights=[torch.ones(3, 4)], grads=[torch.ones(4, 3)]), r"^grads\[0\]"),
+    "grad count": (lambda: dict(weights=[torch.ones(3, 4)], grads=[]), r"^grads"),
+    "empty": (lambda: dict(weights=[]), r"^weights"),
+    "int dtype": (lambda: dict(weights=[torch.ones(3, 4, dtype=torch.int32)]), r"^weights\[0\]"),
+    "int grad": (lambda: dict(weights=[torch.ones(3, 4)], grads=[torch.ones(3, 4, dtype=torch.int64)]), r"^grads\[0\]"),
+    "momentum 1": (lambda: dict(weights=[torch.ones(3, 4)], out=[torch.zeros(3, 4)], momentum=1.0), r"^momentum"),
+    "momentum < 0": (lambda: dict(weights=[torch.ones(3, 4)], out=[torch.zeros(3, 4)], momentum=-0.1), r"^momentum"),
+    "momentum no out": (lambda: dict(weights=[torch.ones(3, 4)], momentum=0.5), r"^momentum"),
+    "out shape": (lambda: dict(weights=[torch.ones(3, 4)], out=[torch.zeros(4, 4)]), r"^out\[0\]"),
+    "out dtype": (lambda: dict(weights=[torch.ones(3, 4)], out=[torch.zeros(3, 4, dtype=torch.float64)]), r"^out\[0\]"),
+    "out count": (lambda: dict(weights=[torch.ones(3, 4)], out=[]), r"^out"),
+    "dim range": (lambda: dict(weights=[torch.ones(3, 4)], dim=2), r"^dim\[0\]"),
+    "empty tensor": (lambda: dict(weights=[torch.ones(0, 4)]), r"^weights\[0\]"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS)
+def test_bad_input_raises_value_error_naming_the_argument(case):
+    make, pattern = BAD_CALLS[case]
+    kwargs = make()
+    with pytest.raises(ValueError, match=pattern):
+        channel_stats(kwargs.pop("weights"), kwargs.pop("grads", None), impl="triton", **kwargs)
+
+
+def test_triton_on_cpu_without_interpreter_raises_runtime_error():
+    code = (
+        "import torch\nfrom cgap_triton.kernels import channel_stats\n"
+        "try:\n    channel_stats([torch.ones(3, 4)], impl='triton')\n"
+        "except RuntimeError as error:\n    print('RuntimeError:', error)\n"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeError:" in proc.stdout and "TRITON_INTERPRET" in proc.stdout, proc.stdout
+
+
+def _aot_variants(arch: int) -> list[tuple[str, dict]]:
+    fp32, fp16, bf16 = {"dtype": "float32"}, {"dtype": "float16"}, {"dtype": "bfloat16"}
+    base = dict(W_DTYPE=fp32, G_DTYPE=fp32, HAS_GRAD=True, HAS_OUT=True, HAS_MOMENTUM=True, RANK=1, BLOCK_T=16)
+    base["BLOCK_N"] = stats.MAX_BLOCK_N
+    variants = []
+    for grad in (False, True):
+        for mode, flags in {"new": (False, False), "out": (True, False), "ema": (True, True)}.items():
+            variants.append(
+                (f"fp32 grad={grad} {mode}", dict(base, HAS_GRAD=grad, HAS_OUT=flags[0], HAS_MOMENTUM=flags[1]))
+            )
+    variants.append(("fp16 grad ema", dict(base, W_DTYPE=fp16, G_DTYPE=fp16)))
+    variants.append(("bf16 grad ema", dict(base, W_DTYPE=bf16, G_DTYPE=bf16)))
+    variants.append(("bf16 w, fp32 g", dict(base, W_DTYPE=bf16)))
+    variants.append(("fp32 rank2 (dim=1)", dict(base, RANK=2)))
+    variants.append(("fp32 rank3", dict(base, RANK=3)))
+    variants.append(("fp16 rank2 small block", dict(base, W_DTYPE=fp16, G_DTYPE=fp16, RANK=2, BLOCK_N=64)))
+    return [(name, c) for name, c in variants]
+
+
+def test_aot_compiles_for_sm80_sm90_without_spills():
+    import triton_aot
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("the triton wheel has no bundled ptxas")
+    signature = {"new_ptr": "*fp32", "table_ptr": "*i64", "num_tensors": "i32", "momentum": "fp32"}
+    jobs = []
+    for arch in (80, 90):
+        for name, constexprs in _aot_variants(arch):
+            signature_full = dict(signature, **{k: "constexpr" for k in constexprs})
+            num_warps = stats.num_warps_for(constexprs["BLOCK_N"])
+            jobs.append(
+                (arch, name, dict(signature=signature_full, constexprs=constexprs, arch=arch, num_warps=num_warps))
+            )
+    reports = triton_aot.aot_compile_many(stats._channel_l1_l2_wg_kernel, [job for _, _, job in jobs])
+    for (arch, name, _), report in zip(jobs, reports):
+        print(f"sm_{arch} {name:28s} registers={report.registers:3d} spills={report.spills}")
+    spilled = [(arch, name, r.spills) for (arch, name, _), r in zip(jobs, reports) if r.spills]
+    assert not spilled, f"register spills (arch, variant, bytes): {spilled}"
