@@ -209,6 +209,7 @@ class Schedule:
                     lo = mid + 1
             if any(removals(lo).values()):
                 counts = removals(lo)
+            counts = self._trim_overshoot(widths, counts, after)
         groups = {}
         for gi, name in enumerate(names):
             if counts.get(name, 0) == 0:
@@ -217,6 +218,24 @@ class Schedule:
             kept = torch.sort(order[counts[name]:]).values
             groups[name] = GroupChange.keep(kept)
         return WidthChange("prune", groups)
+
+    def _trim_overshoot(self, widths, counts, after) -> dict[str, int]:
+        """Give back whole ``round_to`` chunks, largest first, while the target stays reached: the last
+        pruning step lands as close above the target as the chunk sizes allow."""
+        target = self.cfg.prune.target_reduction
+        counts = dict(counts)
+        while True:
+            best = None
+            for name, removed in counts.items():
+                if removed < self.round_to:
+                    continue
+                trial = {**counts, name: removed - self.round_to}
+                reduction = self.reduction(after(trial))
+                if reduction >= target and (best is None or reduction < best[0]):
+                    best = (reduction, trial)
+            if best is None:
+                return counts
+            counts = best[1]
 
     # ---------------------------------------------------------------------------------------- state
 
