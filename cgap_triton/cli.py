@@ -15,8 +15,9 @@ EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cgap_triton",
-                                     description="Grow and prune CNNs during training (CGaP).")
+    parser = argparse.ArgumentParser(
+        prog="python -m cgap_triton", description="Grow and prune CNNs during training (CGaP)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("recipe", help="train from a TOML recipe")
     run.add_argument("recipe", nargs="?", help="recipe file (optional with --resume)")
@@ -86,13 +87,16 @@ def _recipe(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except Interrupted as err:
-        print(f"\ninterrupted ({err}); checkpoint saved. Resume with:\n  python -m cgap_triton recipe --resume {out}",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted ({err}); checkpoint saved. Resume with:\n  python -m cgap_triton recipe --resume {out}",
+            file=sys.stderr,
+        )
         return 128 + err.signum
     finally:
         run.cleanup()
-    from .report import summary_table
     from rich.console import Console
+
+    from .report import summary_table
 
     Console().print(summary_table({out.name: summary}))
     print(f"run folder: {out}")

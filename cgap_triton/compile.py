@@ -48,8 +48,9 @@ class CompiledModel:
         if not self.use_compiled:
             return self.raw(x)
         if self.compiled is None:
-            self.compiled = torch.compile(self.raw, backend=self.cfg.backend,
-                                          mode=None if self.cfg.mode == "default" else self.cfg.mode)
+            self.compiled = torch.compile(
+                self.raw, backend=self.cfg.backend, mode=None if self.cfg.mode == "default" else self.cfg.mode
+            )
             self._before = _dynamo_counts()
             self._pending_timing = True
         return self.compiled(x)
@@ -70,12 +71,27 @@ class CompiledModel:
             seconds = max(0.0, elapsed - typical)
             self.compilations += 1
             self.compile_seconds += seconds
-            self.log_event({"event": "compile", "step": step, "reason": self._reason, "seconds": seconds,
-                            "count": self.compilations, "graphs": graphs, "graph_breaks": breaks})
+            self.log_event(
+                {
+                    "event": "compile",
+                    "step": step,
+                    "reason": self._reason,
+                    "seconds": seconds,
+                    "count": self.compilations,
+                    "graphs": graphs,
+                    "graph_breaks": breaks,
+                }
+            )
             if total != ok or graphs == 0:
                 self.fallbacks += 1
-                self.log_event({"event": "compile_fallback", "step": step, "reason": self._reason,
-                                "detail": f"{total - ok} of {total} frames ran eager instead of compiled"})
+                self.log_event(
+                    {
+                        "event": "compile_fallback",
+                        "step": step,
+                        "reason": self._reason,
+                        "detail": f"{total - ok} of {total} frames ran eager instead of compiled",
+                    }
+                )
             return
         self._compiled_step = elapsed if self._compiled_step is None else 0.9 * self._compiled_step + 0.1 * elapsed
 
@@ -98,5 +114,9 @@ class CompiledModel:
         return gain > 0 and gain * steps > per_compile
 
     def state(self) -> dict[str, Any]:
-        return {"compilations": self.compilations, "compile_seconds": self.compile_seconds,
-                "fallbacks": self.fallbacks, "compiled": self.use_compiled}
+        return {
+            "compilations": self.compilations,
+            "compile_seconds": self.compile_seconds,
+            "fallbacks": self.fallbacks,
+            "compiled": self.use_compiled,
+        }

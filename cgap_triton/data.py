@@ -59,8 +59,10 @@ class Dataset:
 
 
 _FILES = {
-    "cifar10": ("cifar-10-batches-py", ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
-                                        "data_batch_5", "test_batch", "batches.meta"]),
+    "cifar10": (
+        "cifar-10-batches-py",
+        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"],
+    ),
     "cifar100": ("cifar-100-python", ["train", "test", "meta"]),
     "svhn": ("", ["train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"]),
 }
@@ -80,9 +82,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     generator = torch.Generator().manual_seed(cfg.split_seed)
     order = torch.randperm(len(train), generator=generator)
     if cfg.val_size >= len(train):
-        raise DataError(f"data.val_size: expected fewer than the {len(train)} training images of {cfg.name}, "
-                        f"got {cfg.val_size}")
-    val, rest = train.subset(order[: cfg.val_size]), train.subset(order[cfg.val_size:])
+        raise DataError(
+            f"data.val_size: expected fewer than the {len(train)} training images of {cfg.name}, got {cfg.val_size}"
+        )
+    val, rest = train.subset(order[: cfg.val_size]), train.subset(order[cfg.val_size :])
     if cfg.train_size:
         rest = rest.subset(torch.arange(min(cfg.train_size, len(rest))))
     images = rest.images.float()
@@ -102,7 +105,7 @@ def _digits(cfg: DataConfig) -> tuple[Split, Split, int]:
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.split_seed))
     if cfg.test_size >= len(labels):
         raise DataError(f"data.test_size: expected fewer than the {len(labels)} digits images, got {cfg.test_size}")
-    test, train = order[: cfg.test_size], order[cfg.test_size:]
+    test, train = order[: cfg.test_size], order[cfg.test_size :]
     return Split(images[train], labels[train]), Split(images[test], labels[test]), 10
 
 
@@ -133,8 +136,10 @@ def _torchvision(cfg: DataConfig) -> tuple[Split, Split, int]:
         cls = torchvision.datasets.CIFAR10 if cfg.name == "cifar10" else torchvision.datasets.CIFAR100
         parts = [cls(str(root), train=t, download=cfg.download) for t in (True, False)]
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-        raise DataError(f"{cfg.name}: the files under {root / folder} failed torchvision's check ({err}); "
-                        f"replace them with the official files or set data.download=true") from None
+        raise DataError(
+            f"{cfg.name}: the files under {root / folder} failed torchvision's check ({err}); "
+            f"replace them with the official files or set data.download=true"
+        ) from None
     splits = [
         Split(rearrange(torch.from_numpy(p.data), "n h w c -> n c h w").contiguous(), torch.tensor(p.targets))
         for p in parts
@@ -150,8 +155,18 @@ class Batches:
     batch), so a run resumed mid-epoch sees exactly the batches it would have seen.
     """
 
-    def __init__(self, split: Split, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...], *,
-                 augment: str = "none", shuffle: bool = False, drop_last: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        augment: str = "none",
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+    ):
         self.split, self.batch_size, self.augment = split, batch_size, augment
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         device = split.images.device
@@ -173,7 +188,7 @@ class Batches:
         else:
             order = torch.arange(n)
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size: (b + 1) * self.batch_size].to(device)
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size].to(device)
             images = self.split.images[idx]
             if self.augment != "none":
                 generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + b)

@@ -50,8 +50,13 @@ class ModelSpec:
         return build_model(self, None, device="meta").widths
 
     def to_dict(self) -> dict:
-        return {"arch": self.arch, "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "image_size": self.image_size, "cfg": list(self.cfg)}
+        return {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "cfg": list(self.cfg),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
@@ -113,15 +118,20 @@ class VGG(GrowableNet):
         for i, name in enumerate(conv_names):
             base = f"features.{name}"
             consumer = f"features.{conv_names[i + 1]}.conv.weight" if i + 1 < len(conv_names) else "classifier.weight"
-            self.groups.append(ChannelGroup(
-                name=name,
-                producers=(
-                    (f"{base}.conv.weight", 0), (f"{base}.bn.weight", 0), (f"{base}.bn.bias", 0),
-                    (f"{base}.bn.running_mean", 0), (f"{base}.bn.running_var", 0),
-                ),
-                consumers=((consumer, 1),),
-                saliency=f"{base}.conv.weight",
-            ))
+            self.groups.append(
+                ChannelGroup(
+                    name=name,
+                    producers=(
+                        (f"{base}.conv.weight", 0),
+                        (f"{base}.bn.weight", 0),
+                        (f"{base}.bn.bias", 0),
+                        (f"{base}.bn.running_mean", 0),
+                        (f"{base}.bn.running_var", 0),
+                    ),
+                    consumers=((consumer, 1),),
+                    saliency=f"{base}.conv.weight",
+                )
+            )
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,15 +174,20 @@ class ResNetCifar(GrowableNet):
                 mid = (inner or {}).get(name, width)
                 blocks.append(BasicBlock(c_in, mid, width, 2 if (b == 0 and s > 0) else 1))
                 base = f"stages.{s}.{b}"
-                self.groups.append(ChannelGroup(
-                    name=name,
-                    producers=(
-                        (f"{base}.conv1.conv.weight", 0), (f"{base}.conv1.bn.weight", 0), (f"{base}.conv1.bn.bias", 0),
-                        (f"{base}.conv1.bn.running_mean", 0), (f"{base}.conv1.bn.running_var", 0),
-                    ),
-                    consumers=((f"{base}.conv2.conv.weight", 1),),
-                    saliency=f"{base}.conv1.conv.weight",
-                ))
+                self.groups.append(
+                    ChannelGroup(
+                        name=name,
+                        producers=(
+                            (f"{base}.conv1.conv.weight", 0),
+                            (f"{base}.conv1.bn.weight", 0),
+                            (f"{base}.conv1.bn.bias", 0),
+                            (f"{base}.conv1.bn.running_mean", 0),
+                            (f"{base}.conv1.bn.running_var", 0),
+                        ),
+                        consumers=((f"{base}.conv2.conv.weight", 1),),
+                        saliency=f"{base}.conv1.conv.weight",
+                    )
+                )
                 c_in = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -193,7 +208,9 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_model(spec: ModelSpec, widths: dict[str, int] | None = None, device: str | torch.device = "cpu") -> GrowableNet:
+def build_model(
+    spec: ModelSpec, widths: dict[str, int] | None = None, device: str | torch.device = "cpu"
+) -> GrowableNet:
     """The model of ``spec`` at ``widths`` (None: full width). ``device="meta"`` builds it without memory."""
     with torch.device(device):
         if spec.arch in RESNET_DEPTHS:
@@ -258,9 +275,7 @@ class SizeOracle:
         for g in full.groups:
             for name, dim in g.producers + g.consumers:
                 group_dims.setdefault(name, []).append((dim, g.name))
-        self._shapes = [
-            (list(p.shape), group_dims.get(name, [])) for name, p in full.named_parameters()
-        ]
+        self._shapes = [(list(p.shape), group_dims.get(name, [])) for name, p in full.named_parameters()]
 
     def __call__(self, widths: dict[str, int]) -> tuple[int, int]:
         key = tuple(sorted(widths.items()))

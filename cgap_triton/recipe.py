@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 
 class RecipeError(Exception):
@@ -27,8 +28,16 @@ class RecipeError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-def _opt(default: Any, *, choices: Sequence[Any] | None = None, lo: float | None = None, hi: float | None = None,
-         lo_open: bool = False, hi_open: bool = False, doc: str = "") -> Any:
+def _opt(
+    default: Any,
+    *,
+    choices: Sequence[Any] | None = None,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    doc: str = "",
+) -> Any:
     meta = {"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "doc": doc}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
@@ -307,7 +316,9 @@ def _check_combinations(recipe: Recipe, source: str, problems: list[str]) -> Non
                 problems.append(f'{source}: model.cfg: expected positive ints and "M", got {item!r}')
                 break
     elif model.cfg:
-        problems.append(f'{source}: model.cfg: only used with model.arch = "vgg" (arch is {model.arch!r}), got {model.cfg}')
+        problems.append(
+            f'{source}: model.cfg: only used with model.arch = "vgg" (arch is {model.arch!r}), got {model.cfg}'
+        )
     if recipe.optim.schedule == "step":
         ms = recipe.optim.milestones
         if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in ms):

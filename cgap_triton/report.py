@@ -25,13 +25,25 @@ def plot_growth(run_dir: Path, trajectory: list[dict], phases: list[dict], width
     end = max(steps[-1] if steps else 1, phases[-1]["step"] if phases else 1, 1)
     groups = list(widths_full)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6.5), height_ratios=[1, 1.3], sharex=True)
-    ax1.step(steps + [end], [t["params"] for t in trajectory] + [trajectory[-1]["params"]], where="post",
-             color="#1f4e79", lw=2)
+    ax1.step(
+        steps + [end],
+        [t["params"] for t in trajectory] + [trajectory[-1]["params"]],
+        where="post",
+        color="#1f4e79",
+        lw=2,
+    )
     bounds = phases + [{"step": end, "phase": "end"}]
     for a, b in zip(bounds, bounds[1:]):
         ax1.axvspan(a["step"], b["step"], color=PHASE_COLOURS.get(a["phase"], "#eeeeee"), alpha=0.8, lw=0)
-        ax1.text((a["step"] + b["step"]) / 2, 1.0, a["phase"], transform=ax1.get_xaxis_transform(),
-                 ha="center", va="bottom", fontsize=8)
+        ax1.text(
+            (a["step"] + b["step"]) / 2,
+            1.0,
+            a["phase"],
+            transform=ax1.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax1.set_ylabel("parameters")
     ax1.grid(alpha=0.3)
     grid = np.full((len(groups), len(steps)), np.nan)

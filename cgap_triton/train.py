@@ -66,8 +66,15 @@ def resolve_device(name: str) -> torch.device:
 class CGaPRecipe:
     """A CGaP (or baseline) run from a validated recipe into a run folder."""
 
-    def __init__(self, recipe: Recipe, out_dir: Path, *, dashboard: bool = False, resume: bool = False,
-                 recipe_name: str = "recipe"):
+    def __init__(
+        self,
+        recipe: Recipe,
+        out_dir: Path,
+        *,
+        dashboard: bool = False,
+        resume: bool = False,
+        recipe_name: str = "recipe",
+    ):
         self.recipe, self.out_dir, self.want_dashboard = recipe, Path(out_dir), dashboard
         self.resume, self.recipe_name = resume, recipe_name
         self._signal: int | None = None
@@ -80,7 +87,8 @@ class CGaPRecipe:
         torch.manual_seed(r.run.seed)
         self.data: Dataset = load_dataset(r.data)
         self.train_split, self.val_split, self.test_split = (
-            s.to(self.device) for s in (self.data.train, self.data.val, self.data.test))
+            s.to(self.device) for s in (self.data.train, self.data.val, self.data.test)
+        )
         num_classes = r.model.num_classes or self.data.num_classes
         self.spec: ModelSpec = spec_from_recipe(r.model, num_classes, self.data.in_channels, self.data.image_size)
         self.sizes = SizeOracle(self.spec)
@@ -92,16 +100,33 @@ class CGaPRecipe:
         widths = state["widths"] if state else self.widths_seed
         self.model = build_model(self.spec, widths, device=self.device)
         self.optimizer = self._make_optimizer()
-        self.batches = Batches(self.train_split, r.data.batch_size, self.data.mean, self.data.std,
-                               augment=self.data.augment, shuffle=True, drop_last=True, seed=r.run.seed)
+        self.batches = Batches(
+            self.train_split,
+            r.data.batch_size,
+            self.data.mean,
+            self.data.std,
+            augment=self.data.augment,
+            shuffle=True,
+            drop_last=True,
+            seed=r.run.seed,
+        )
         if len(self.batches) == 0:
-            raise TrainingStopped(f"data.batch_size: {r.data.batch_size} is larger than the "
-                                  f"{len(self.train_split)} training images; no full batch to train on")
-        self.tracker = SaliencyTracker(self.model, r.cgap.importance.criterion, r.cgap.importance.momentum,
-                                       r.cgap.importance.every)
-        self.schedule = Schedule(r.cgap, steps_per_epoch=len(self.batches), epochs=r.train.epochs,
-                                 full_widths=self.widths_full, round_to=r.model.round_to,
-                                 params_of=self.sizes.params, seed=r.run.seed)
+            raise TrainingStopped(
+                f"data.batch_size: {r.data.batch_size} is larger than the "
+                f"{len(self.train_split)} training images; no full batch to train on"
+            )
+        self.tracker = SaliencyTracker(
+            self.model, r.cgap.importance.criterion, r.cgap.importance.momentum, r.cgap.importance.every
+        )
+        self.schedule = Schedule(
+            r.cgap,
+            steps_per_epoch=len(self.batches),
+            epochs=r.train.epochs,
+            full_widths=self.widths_full,
+            round_to=r.model.round_to,
+            params_of=self.sizes.params,
+            seed=r.run.seed,
+        )
         self.progress = Progress()
         if state:
             self._restore(state)
@@ -121,12 +146,21 @@ class CGaPRecipe:
         self.compiled = CompiledModel(self.model, r.compile, self.telemetry.log_event)
         self.params, self.macs = self.sizes(self.model.widths)
         self.progress.peak_params = max(self.progress.peak_params, self.params)
-        self.telemetry.log_event({
-            "event": "start" if not state else "resume", "step": self.progress.step, "device": str(self.device),
-            "recipe": self.recipe_name, "data": self.data.name + (" (synthetic)" if self.data.synthetic else ""),
-            "widths": self.model.widths, "widths_full": self.widths_full, "params": self.params,
-            "params_full": self.params_full, "steps_per_epoch": len(self.batches), "epochs": r.train.epochs,
-        })
+        self.telemetry.log_event(
+            {
+                "event": "start" if not state else "resume",
+                "step": self.progress.step,
+                "device": str(self.device),
+                "recipe": self.recipe_name,
+                "data": self.data.name + (" (synthetic)" if self.data.synthetic else ""),
+                "widths": self.model.widths,
+                "widths_full": self.widths_full,
+                "params": self.params,
+                "params_full": self.params_full,
+                "steps_per_epoch": len(self.batches),
+                "epochs": r.train.epochs,
+            }
+        )
         if not state:
             self._record_trajectory()
 
@@ -156,8 +190,13 @@ class CGaPRecipe:
         r, p = self.recipe, self.progress
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         started = time.perf_counter() - p.wall_seconds
-        window = {"loss": torch.zeros((), device=self.device), "correct": torch.zeros((), device=self.device),
-                  "images": 0, "steps": 0, "time": time.perf_counter()}
+        window = {
+            "loss": torch.zeros((), device=self.device),
+            "correct": torch.zeros((), device=self.device),
+            "images": 0,
+            "steps": 0,
+            "time": time.perf_counter(),
+        }
         try:
             while p.epoch < r.train.epochs:
                 for x, y in self.batches.epoch(p.epoch, start=p.batch):
@@ -182,8 +221,9 @@ class CGaPRecipe:
                 p.epoch += 1
                 p.batch = 0
                 p.val_accuracy = self.evaluate(self.val_split)[0]
-                self.telemetry.log_event({"event": "eval", "step": p.step, "epoch": p.epoch,
-                                          "val_accuracy": p.val_accuracy})
+                self.telemetry.log_event(
+                    {"event": "eval", "step": p.step, "epoch": p.epoch, "val_accuracy": p.val_accuracy}
+                )
                 p.wall_seconds = time.perf_counter() - started
                 if r.checkpoint.every and p.epoch % r.checkpoint.every == 0 or p.epoch == r.train.epochs:
                     self.save_checkpoint()
@@ -204,8 +244,10 @@ class CGaPRecipe:
         if not torch.isfinite(loss):
             where = f"step {p.step + 1} (epoch {p.epoch}, phase {self.schedule.phase}): loss is {loss.item()}"
             if self.recipe.train.nan_policy == "stop":
-                raise TrainingStopped(f"{where}; stopped. The last good checkpoint is in {self.out_dir}. "
-                                      f"Lower optim.lr, or set train.nan_policy=\"skip\" to skip such batches.")
+                raise TrainingStopped(
+                    f"{where}; stopped. The last good checkpoint is in {self.out_dir}. "
+                    f'Lower optim.lr, or set train.nan_policy="skip" to skip such batches.'
+                )
             self.telemetry.log_event({"event": "skipped_step", "step": p.step + 1, "reason": where})
             p.skipped_steps += 1
             p.step += 1
@@ -224,12 +266,20 @@ class CGaPRecipe:
         now = time.perf_counter()
         images = max(1, window["images"])
         metrics = {
-            "step": p.step, "epoch": p.step / len(self.batches), "phase": self.schedule.phase,
-            "loss": float(window["loss"]) / images, "train_accuracy": float(window["correct"]) / images,
-            "val_accuracy": p.val_accuracy, "lr": self.optimizer.param_groups[0]["lr"],
+            "step": p.step,
+            "epoch": p.step / len(self.batches),
+            "phase": self.schedule.phase,
+            "loss": float(window["loss"]) / images,
+            "train_accuracy": float(window["correct"]) / images,
+            "val_accuracy": p.val_accuracy,
+            "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_second": window["images"] / max(1e-9, now - window["time"]),
-            "params": self.params, "macs": self.macs, "peak_params": p.peak_params, "widths": self.model.widths,
-            "train_macs": p.train_macs, "compiled": self.compiled.compiled is not None,
+            "params": self.params,
+            "macs": self.macs,
+            "peak_params": p.peak_params,
+            "widths": self.model.widths,
+            "train_macs": p.train_macs,
+            "compiled": self.compiled.compiled is not None,
         }
         self.telemetry.log_metrics(metrics)
         window.update(loss=window["loss"] * 0, correct=window["correct"] * 0, images=0, steps=0, time=now)
@@ -253,17 +303,31 @@ class CGaPRecipe:
 
     def _apply(self, change: WidthChange, before: dict[str, int]) -> None:
         r, p = self.recipe, self.progress
-        apply_width_change(self.model, change, optimizer=self.optimizer, saliency=self.tracker.buffers,
-                           init=r.cgap.grow.init, noise=r.cgap.grow.noise,
-                           seed=(r.run.seed * 7_919 + self.schedule.changes) % 2**31)
+        apply_width_change(
+            self.model,
+            change,
+            optimizer=self.optimizer,
+            saliency=self.tracker.buffers,
+            init=r.cgap.grow.init,
+            noise=r.cgap.grow.noise,
+            seed=(r.run.seed * 7_919 + self.schedule.changes) % 2**31,
+        )
         self.params, self.macs = self.sizes(self.model.widths)
         p.peak_params = max(p.peak_params, self.params)
         kind = change.kind
-        self.telemetry.log_event({
-            "event": kind, "step": p.step, "epoch": p.step / len(self.batches), "change": change.summary(before),
-            "widths": self.model.widths, "params": self.params, "macs": self.macs,
-            "params_reduction": 1 - self.params / self.params_full, "changes": self.schedule.changes,
-        })
+        self.telemetry.log_event(
+            {
+                "event": kind,
+                "step": p.step,
+                "epoch": p.step / len(self.batches),
+                "change": change.summary(before),
+                "widths": self.model.widths,
+                "params": self.params,
+                "macs": self.macs,
+                "params_reduction": 1 - self.params / self.params_full,
+                "changes": self.schedule.changes,
+            }
+        )
         self._record_trajectory()
         self.compiled.invalidate(f"after {kind} step {self.schedule.changes}", self._steps_until_next_change())
 
@@ -276,8 +340,9 @@ class CGaPRecipe:
         return s.total_steps - self.progress.step
 
     def _record_trajectory(self) -> None:
-        self.progress.trajectory.append({"step": self.progress.step, "params": self.params,
-                                         "widths": self.model.widths})
+        self.progress.trajectory.append(
+            {"step": self.progress.step, "params": self.params, "widths": self.model.widths}
+        )
 
     @torch.no_grad()
     def evaluate(self, split) -> tuple[float, float]:
@@ -304,9 +369,14 @@ class CGaPRecipe:
     def save_checkpoint(self) -> None:
         p = self.progress
         state = {
-            "format": 1, "recipe": self.recipe.to_dict(), "spec": self.spec.to_dict(), "widths": self.model.widths,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "saliency": self.tracker.state_dict(), "schedule": self.schedule.state_dict(),
+            "format": 1,
+            "recipe": self.recipe.to_dict(),
+            "spec": self.spec.to_dict(),
+            "widths": self.model.widths,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "saliency": self.tracker.state_dict(),
+            "schedule": self.schedule.state_dict(),
             "progress": {k: getattr(p, k) for k in p.__dataclass_fields__},
             "compile": self.compiled.state(),
             "rng": {"torch": torch.get_rng_state()},
@@ -316,8 +386,10 @@ class CGaPRecipe:
 
     def _restore(self, state: dict) -> None:
         if build_recipe(state["recipe"], "checkpoint") != self.recipe:
-            raise CheckpointError("the checkpoint was written by a different recipe; resume with the run's own "
-                                  "recipe.toml (or --resume RUN_DIR alone)")
+            raise CheckpointError(
+                "the checkpoint was written by a different recipe; resume with the run's own "
+                "recipe.toml (or --resume RUN_DIR alone)"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tracker.load_state_dict(state["saliency"])
@@ -329,29 +401,57 @@ class CGaPRecipe:
     def finish(self) -> dict[str, Any]:
         p = self.progress
         test_accuracy, test_loss = self.evaluate(self.test_split)
-        model_file = {"spec": self.spec.to_dict(), "widths": self.model.widths, "state_dict": self.model.state_dict(),
-                      "mean": list(self.data.mean), "std": list(self.data.std)}
+        model_file = {
+            "spec": self.spec.to_dict(),
+            "widths": self.model.widths,
+            "state_dict": self.model.state_dict(),
+            "mean": list(self.data.mean),
+            "std": list(self.data.std),
+        }
         atomic_save(model_file, self.out_dir / "model.pt")
         prior = getattr(self, "_restored_compile", {})
         summary = {
-            "recipe": self.recipe_name, "data": self.data.name, "synthetic_data": self.data.synthetic,
-            "test_accuracy": test_accuracy, "test_loss": test_loss, "val_accuracy": p.val_accuracy,
-            "params": self.params, "macs": self.macs, "params_full": self.params_full, "macs_full": self.macs_full,
-            "params_reduction": 1 - self.params / self.params_full, "macs_reduction": 1 - self.macs / self.macs_full,
-            "peak_params": p.peak_params, "params_seed": self.sizes.params(self.widths_seed),
-            "widths": self.model.widths, "widths_full": self.widths_full, "widths_seed": self.widths_seed,
-            "structural_changes": self.schedule.changes, "train_macs": p.train_macs,
-            "train_macs_dense": p.train_macs_dense, "train_macs_ratio": p.train_macs / max(1, p.train_macs_dense),
+            "recipe": self.recipe_name,
+            "data": self.data.name,
+            "synthetic_data": self.data.synthetic,
+            "test_accuracy": test_accuracy,
+            "test_loss": test_loss,
+            "val_accuracy": p.val_accuracy,
+            "params": self.params,
+            "macs": self.macs,
+            "params_full": self.params_full,
+            "macs_full": self.macs_full,
+            "params_reduction": 1 - self.params / self.params_full,
+            "macs_reduction": 1 - self.macs / self.macs_full,
+            "peak_params": p.peak_params,
+            "params_seed": self.sizes.params(self.widths_seed),
+            "widths": self.model.widths,
+            "widths_full": self.widths_full,
+            "widths_seed": self.widths_seed,
+            "structural_changes": self.schedule.changes,
+            "train_macs": p.train_macs,
+            "train_macs_dense": p.train_macs_dense,
+            "train_macs_ratio": p.train_macs / max(1, p.train_macs_dense),
             "wall_seconds": p.wall_seconds,
             "compile_seconds": self.compiled.compile_seconds + prior.get("compile_seconds", 0.0),
             "recompiles": self.compiled.compilations + prior.get("compilations", 0),
             "compile_fallbacks": self.compiled.fallbacks + prior.get("fallbacks", 0),
-            "skipped_steps": p.skipped_steps, "steps": p.step, "epochs": self.recipe.train.epochs,
-            "device": str(self.device), "world_size": 1,
+            "skipped_steps": p.skipped_steps,
+            "steps": p.step,
+            "epochs": self.recipe.train.epochs,
+            "device": str(self.device),
+            "world_size": 1,
         }
         atomic_write_text(json.dumps(summary, indent=2) + "\n", self.out_dir / "summary.json")
-        self.telemetry.log_event({"event": "done", "step": p.step, "test_accuracy": test_accuracy,
-                                  "params": self.params, "params_reduction": summary["params_reduction"]})
+        self.telemetry.log_event(
+            {
+                "event": "done",
+                "step": p.step,
+                "test_accuracy": test_accuracy,
+                "params": self.params,
+                "params_reduction": summary["params_reduction"],
+            }
+        )
         try:
             from .report import plot_growth
 

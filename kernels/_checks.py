@@ -61,7 +61,9 @@ def check_dim(name: str, dim: int, t: torch.Tensor) -> int:
     if not isinstance(dim, int) or isinstance(dim, bool):
         raise ValueError(f"{name}: expected an int, got {type(dim).__name__}")
     if t.dim() == 0 or not -t.dim() <= dim < t.dim():
-        raise ValueError(f"{name}: expected a dim in [{-t.dim()}, {t.dim()}) for a tensor of shape {tuple(t.shape)}, got {dim}")
+        raise ValueError(
+            f"{name}: expected a dim in [{-t.dim()}, {t.dim()}) for a tensor of shape {tuple(t.shape)}, got {dim}"
+        )
     return dim % t.dim()
 
 
@@ -208,7 +210,9 @@ def check_gather_args(
     length = index.numel()
     scales = [None] * n if scales is None else scales
     if not isinstance(scales, Sequence) or len(scales) != n:
-        raise ValueError(f"scales: expected None or one entry (None or tensor) per tensor ({n}), got {_describe(scales)}")
+        raise ValueError(
+            f"scales: expected None or one entry (None or tensor) per tensor ({n}), got {_describe(scales)}"
+        )
     scales = [check_per_slice(f"scales[{i}]", s, length, device) for i, s in enumerate(scales)]
     noise_stds = [0.0] * n if noise_stds is None else noise_stds
     if not isinstance(noise_stds, Sequence) or len(noise_stds) != n:

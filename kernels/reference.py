@@ -80,10 +80,11 @@ def gather_channels_many(
     for k, (src, d, scale, std) in enumerate(zip(tensors, dims, scales, noise_stds)):
         shape = [1] * src.dim()
         shape[d] = index.numel()
-        factor = (index >= 0).to(torch.float32)
+        gathered = src.index_select(d, index.clamp(min=0)).float()
         if scale is not None:
-            factor = factor * scale.float()
-        gathered = src.index_select(d, index.clamp(min=0)).float() * factor.view(shape)
+            gathered = gathered * scale.float().view(shape)
+        # -1 slices are exact +0.0 (never 0 · inf or -0.0 from a borrowed slice)
+        gathered = torch.where((index >= 0).view(shape), gathered, torch.zeros((), device=src.device))
         if isinstance(std, torch.Tensor) or std > 0:
             generator = torch.Generator(device=src.device).manual_seed(seed + k)
             noise = torch.randn(gathered.shape, generator=generator, device=src.device, dtype=torch.float32)

@@ -1,6 +1,5 @@
-import tomllib
-
 import pytest
+import tomllib
 
 from cgap_triton.recipe import Recipe, RecipeError, build_recipe, load_recipe, to_toml
 
@@ -22,8 +21,18 @@ def test_every_shipped_recipe_loads():
 
 def test_overrides_are_typed_toml_literals(tmp_path):
     path = write(tmp_path, "[optim]\nlr = 0.1\n")
-    r = load_recipe(path, ["optim.lr=0.05", "compile.enabled=false", 'data.name="cifar10"', "model.arch=vgg", "model.cfg=[8, 'M', 16]",
-                           "cgap.grow.every=3", "data.root=/tmp/x"])
+    r = load_recipe(
+        path,
+        [
+            "optim.lr=0.05",
+            "compile.enabled=false",
+            'data.name="cifar10"',
+            "model.arch=vgg",
+            "model.cfg=[8, 'M', 16]",
+            "cgap.grow.every=3",
+            "data.root=/tmp/x",
+        ],
+    )
     assert r.optim.lr == 0.05 and isinstance(r.cgap.grow.every, float) and r.cgap.grow.every == 3.0
     assert r.compile.enabled is False and r.data.name == "cifar10" and r.data.root == "/tmp/x"
     assert r.model.cfg == [8, "M", 16]
@@ -58,7 +67,7 @@ def test_impossible_combinations():
         build_recipe({"cgap": {"seed_fraction": 0.5, "grow": {"cap_fraction": 0.25}}})
     with pytest.raises(RecipeError, match="target_reduction: expected a value < 1.0"):
         build_recipe({"cgap": {"prune": {"target_reduction": 1.0}}})
-    with pytest.raises(RecipeError, match='model.cfg: expected a width list'):
+    with pytest.raises(RecipeError, match="model.cfg: expected a width list"):
         build_recipe({"model": {"arch": "vgg"}})
     with pytest.raises(RecipeError, match="a run without growth starts at full width"):
         build_recipe({"cgap": {"grow": {"enabled": False}}})

@@ -12,8 +12,14 @@ FULL = SPEC.full_widths()
 
 def make(steps_per_epoch=10, epochs=20, **dotted):
     cfg = Recipe().replace(**{"model.round_to": 4, **dotted}).cgap
-    return Schedule(cfg, steps_per_epoch=steps_per_epoch, epochs=epochs, full_widths=FULL, round_to=4,
-                    params_of=SizeOracle(SPEC).params)
+    return Schedule(
+        cfg,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        full_widths=FULL,
+        round_to=4,
+        params_of=SizeOracle(SPEC).params,
+    )
 
 
 def scores_for(widths, seed=0):
@@ -64,8 +70,16 @@ def test_growth_stops_without_validation_gain():
 
 
 def test_pruning_respects_floors_multiples_and_target():
-    s = make(**{"cgap.prune.target_reduction": 0.6, "cgap.prune.min_fraction": 0.25, "cgap.prune.steps": 50,
-                "cgap.prune.step_fraction": 0.3, "cgap.seed_fraction": 1.0, "cgap.grow.enabled": False})
+    s = make(
+        **{
+            "cgap.prune.target_reduction": 0.6,
+            "cgap.prune.min_fraction": 0.25,
+            "cgap.prune.steps": 50,
+            "cgap.prune.step_fraction": 0.3,
+            "cgap.seed_fraction": 1.0,
+            "cgap.grow.enabled": False,
+        }
+    )
     changes, events, widths = run(s, dict(FULL))
     prunes = [c for _, c in changes if c.kind == "prune"]
     assert prunes

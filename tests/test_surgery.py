@@ -14,8 +14,11 @@ RES = ModelSpec("resnet20", 5, 3, 8)
 def trained(spec=SPEC, widths=None, optimizer="sgd", steps=3):
     torch.manual_seed(0)
     model = build_model(spec, widths)
-    opt = (torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if optimizer == "sgd"
-           else torch.optim.Adam(model.parameters(), lr=0.01))
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        if optimizer == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=0.01)
+    )
     for _ in range(steps):  # non-trivial BN statistics and optimizer state
         loss = model(torch.randn(4, 3, 8, 8)).square().mean()
         opt.zero_grad()
@@ -107,8 +110,9 @@ def test_saliency_is_shared_between_parent_and_child():
     tracker = SaliencyTracker(model)
     tracker.buffers["conv1"] = torch.arange(1, 25, dtype=torch.float32).view(6, 4)
     before = tracker.buffers["conv1"].clone()
-    apply_width_change(model, WidthChange("grow", {"conv1": GroupChange.grow(6, torch.tensor([4]), 1)}),
-                       saliency=tracker.buffers)
+    apply_width_change(
+        model, WidthChange("grow", {"conv1": GroupChange.grow(6, torch.tensor([4]), 1)}), saliency=tracker.buffers
+    )
     after = tracker.buffers["conv1"]
     assert after.shape == (7, 4)
     assert torch.equal(after[4], before[4] / 2) and torch.equal(after[6], before[4] / 2)

@@ -35,8 +35,17 @@ class Schedule:
     accuracy guard; then fine-tuning to the end.
     """
 
-    def __init__(self, cfg: CGaPConfig, *, steps_per_epoch: int, epochs: int, full_widths: dict[str, int],
-                 round_to: int, params_of: Callable[[dict[str, int]], int], seed: int = 0):
+    def __init__(
+        self,
+        cfg: CGaPConfig,
+        *,
+        steps_per_epoch: int,
+        epochs: int,
+        full_widths: dict[str, int],
+        round_to: int,
+        params_of: Callable[[dict[str, int]], int],
+        seed: int = 0,
+    ):
         self.cfg, self.full, self.round_to, self.params_of = cfg, dict(full_widths), round_to, params_of
         self.total_steps = steps_per_epoch * epochs
         self.grow_every = max(1, round(cfg.grow.every * steps_per_epoch))
@@ -44,9 +53,12 @@ class Schedule:
         self.grow_until = round(cfg.grow.until * self.total_steps)
         self.stabilize_steps = round(cfg.stabilize * self.total_steps)
         self.params_full = params_of(self.full)
-        self.caps = {k: min(v, max(round_to, round_up(v * cfg.grow.cap_fraction, round_to))) for k, v in self.full.items()}
-        self.floors = {k: min(v, max(round_to, round_up(v * cfg.prune.min_fraction, round_to)))
-                       for k, v in self.full.items()}
+        self.caps = {
+            k: min(v, max(round_to, round_up(v * cfg.grow.cap_fraction, round_to))) for k, v in self.full.items()
+        }
+        self.floors = {
+            k: min(v, max(round_to, round_up(v * cfg.prune.min_fraction, round_to))) for k, v in self.full.items()
+        }
         self.generator = torch.Generator().manual_seed(seed)
         # state
         self.phase = "seed" if cfg.grow.enabled else "grow"
@@ -74,7 +86,9 @@ class Schedule:
 
     # ---------------------------------------------------------------------------------------- decisions
 
-    def decide(self, step: int, widths: dict[str, int], scores: dict[str, torch.Tensor], val_accuracy: float) -> Decision:
+    def decide(
+        self, step: int, widths: dict[str, int], scores: dict[str, torch.Tensor], val_accuracy: float
+    ) -> Decision:
         decision = Decision()
         if self.phase in ("seed", "grow"):
             self._growth(step, widths, scores, val_accuracy, decision)
@@ -117,8 +131,10 @@ class Schedule:
         if self.reduction(widths) >= cfg.target_reduction:
             stop = f"params reduction reached the target {cfg.target_reduction}"
         elif val_accuracy < self.prune_base_accuracy - cfg.max_accuracy_drop / 100:
-            stop = (f"validation accuracy {val_accuracy:.4f} fell more than {cfg.max_accuracy_drop} points below "
-                    f"{self.prune_base_accuracy:.4f}")
+            stop = (
+                f"validation accuracy {val_accuracy:.4f} fell more than {cfg.max_accuracy_drop} points below "
+                f"{self.prune_base_accuracy:.4f}"
+            )
         else:
             decision.change = self.plan_pruning(widths, scores)
             self.prune_steps_done += 1
@@ -215,7 +231,7 @@ class Schedule:
             if counts.get(name, 0) == 0:
                 continue
             order = torch.argsort(normalised[gi][:, 0], stable=True)
-            kept = torch.sort(order[counts[name]:]).values
+            kept = torch.sort(order[counts[name] :]).values
             groups[name] = GroupChange.keep(kept)
         return WidthChange("prune", groups)
 
@@ -241,10 +257,14 @@ class Schedule:
 
     def state_dict(self) -> dict:
         return {
-            "phase": self.phase, "growth_accuracy": list(self.growth_accuracy),
-            "grow_stopped_at": self.grow_stopped_at, "prune_start": self.prune_start,
-            "prune_base_accuracy": self.prune_base_accuracy, "prune_steps_done": self.prune_steps_done,
-            "changes": self.changes, "generator": self.generator.get_state(),
+            "phase": self.phase,
+            "growth_accuracy": list(self.growth_accuracy),
+            "grow_stopped_at": self.grow_stopped_at,
+            "prune_start": self.prune_start,
+            "prune_base_accuracy": self.prune_base_accuracy,
+            "prune_steps_done": self.prune_steps_done,
+            "changes": self.changes,
+            "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
