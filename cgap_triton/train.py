@@ -137,7 +137,7 @@ class CGaPRecipe:
         if self.want_dashboard:
             from .dashboard import Dashboard
 
-            self.dashboard = Dashboard(self)
+            self.dashboard = Dashboard(refresh_per_second=r.dashboard.refresh_per_second)
             sinks.append(self.dashboard)
         else:
             self.dashboard = None
@@ -155,8 +155,13 @@ class CGaPRecipe:
                 "data": self.data.name + (" (synthetic)" if self.data.synthetic else ""),
                 "widths": self.model.widths,
                 "widths_full": self.widths_full,
+                "widths_seed": self.widths_seed,
                 "params": self.params,
                 "params_full": self.params_full,
+                "macs": self.macs,
+                "macs_full": self.macs_full,
+                "phase": self.schedule.phase,
+                "total_steps": self.schedule.total_steps,
                 "steps_per_epoch": len(self.batches),
                 "epochs": r.train.epochs,
             }
@@ -280,9 +285,19 @@ class CGaPRecipe:
             "widths": self.model.widths,
             "train_macs": p.train_macs,
             "compiled": self.compiled.compiled is not None,
+            "saliency_spread": self._saliency_spread(),
         }
         self.telemetry.log_metrics(metrics)
         window.update(loss=window["loss"] * 0, correct=window["correct"] * 0, images=0, steps=0, time=now)
+
+    def _saliency_spread(self) -> dict[str, list[float]]:
+        """Per group, the 10th, 50th and 90th percentiles of the layer-normalised saliency S / mean(S)."""
+        spread = {}
+        for name, s in self.tracker.scores().items():
+            normalised = (s / s.mean().clamp(min=1e-30)).float()
+            q = torch.quantile(normalised, torch.tensor([0.1, 0.5, 0.9], device=normalised.device))
+            spread[name] = [round(v, 4) for v in q.tolist()]
+        return spread
 
     def _decide(self) -> None:
         p = self.progress
