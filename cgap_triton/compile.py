@@ -1,13 +1,20 @@
 """torch.compile across structural changes: reset and compile again after every width change.
 
 Dynamo guards on parameter shapes, so a compiled model recompiles by itself after a width change,
-until ``recompile_limit`` (8) changes — after which it silently runs eager. So the raw module is kept,
-and after each structural change we call ``torch.compiler.reset()`` and compile afresh. Dynamo's
-counters are read after each compilation: a frame that failed to compile (and so ran eager) or a graph
-break is reported, never silently absorbed.
+until ``recompile_limit`` (8) changes — after which it silently runs eager (``dynamic=True`` does not
+avoid it). So the raw module is kept, and after each structural change we call
+``torch.compiler.reset()`` and compile afresh: one compilation per phase, whatever the number of
+changes. Dynamo's counters are read after every compilation and at every logged step: a frame that
+failed to compile (and so ran eager) is reported as a ``compile_fallback`` event, never absorbed.
 
-``policy``: ``always`` compiles every phase; ``never`` runs eager; ``auto`` compiles a phase only when
-its expected steps are enough for the measured per-step gain to pay back the measured compile time.
+``policy``:
+- ``always`` compiles every phase; ``never`` runs eager;
+- ``auto`` compiles a phase only when its expected steps pay back the compile time: it measures the
+  eager step time (the first steps of the run are eager), the compiled step time and the seconds each
+  compilation cost, and compiles when ``(eager − compiled) × steps > compile seconds``.
+
+The compile time of a phase is the first compiled step's time (forward and backward graphs compile
+then) less the typical step time measured around it.
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ from torch import nn
 
 from .recipe import CompileConfig
 
+EAGER_PROBE_STEPS = 8  # eager steps measured at the start of a run under policy "auto"
 
-def _dynamo_counts() -> tuple[int, int, int, int]:
+
+def _dynamo_counts() -> tuple[int, int, int]:
+    """(graphs compiled, frames that failed to compile, unsupported-construct reports) since start-up."""
     from torch._dynamo.utils import counters
 
     frames = counters["frames"]
-    return (counters["stats"]["unique_graphs"], frames["total"], frames["ok"], sum(counters["graph_break"].values()))
+    return (counters["stats"]["unique_graphs"], frames["total"] - frames["ok"], sum(counters["unimplemented"].values()))
 
 
 class CompiledModel:
@@ -38,85 +48,87 @@ class CompiledModel:
         self.compilations = 0
         self.compile_seconds = 0.0
         self.fallbacks = 0
+        self.eager_step: float | None = None  # running means of step times, seconds
+        self.compiled_step: float | None = None
         self._reason = "at start"
-        self._pending_timing = False
-        self._eager_step: float | None = None  # measured eager and compiled step times (for policy auto)
-        self._compiled_step: float | None = None
-        self.use_compiled = cfg.enabled and cfg.policy != "never"
+        self._first_compiled_step = False
+        self._counts = _dynamo_counts()
+        enabled = cfg.enabled and cfg.policy != "never"
+        self._probe = EAGER_PROBE_STEPS if cfg.policy == "auto" else 0
+        self.use_compiled = enabled and self._probe == 0
+
+    @property
+    def active(self) -> bool:
+        return self.compiled is not None and self.use_compiled
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.use_compiled:
             return self.raw(x)
         if self.compiled is None:
-            self.compiled = torch.compile(
-                self.raw, backend=self.cfg.backend, mode=None if self.cfg.mode == "default" else self.cfg.mode
-            )
-            self._before = _dynamo_counts()
-            self._pending_timing = True
+            self.log_event({"event": "compiling", "reason": self._reason, "backend": self.cfg.backend})
+            mode = None if self.cfg.mode == "default" else self.cfg.mode
+            self.compiled = torch.compile(self.raw, backend=self.cfg.backend, mode=mode)
+            self._first_compiled_step = True
         return self.compiled(x)
 
-    def step_started(self) -> float:
-        return time.perf_counter()
-
-    def step_finished(self, started: float, step: int) -> None:
-        """Called after each full training step (forward, backward, update) with its start time."""
-        elapsed = time.perf_counter() - started
+    def step_finished(self, seconds: float, step: int) -> None:
+        """Account one full training step (forward, backward, update) that took ``seconds``."""
         if not self.use_compiled:
-            self._eager_step = elapsed if self._eager_step is None else 0.9 * self._eager_step + 0.1 * elapsed
+            self.eager_step = _mean(self.eager_step, seconds)
+            if self._probe:
+                self._probe -= 1
+                if self._probe == 0:
+                    self.use_compiled = True  # probe done: the first phase compiles, and is measured
             return
-        if self._pending_timing:
-            self._pending_timing = False
-            graphs, total, ok, breaks = (a - b for a, b in zip(_dynamo_counts(), self._before))
-            typical = self._compiled_step or self._eager_step or 0.0
-            seconds = max(0.0, elapsed - typical)
-            self.compilations += 1
-            self.compile_seconds += seconds
-            self.log_event(
-                {
-                    "event": "compile",
-                    "step": step,
-                    "reason": self._reason,
-                    "seconds": seconds,
-                    "count": self.compilations,
-                    "graphs": graphs,
-                    "graph_breaks": breaks,
-                }
-            )
-            if total != ok or graphs == 0:
-                self.fallbacks += 1
-                self.log_event(
-                    {
-                        "event": "compile_fallback",
-                        "step": step,
-                        "reason": self._reason,
-                        "detail": f"{total - ok} of {total} frames ran eager instead of compiled",
-                    }
-                )
+        if not self._first_compiled_step:
+            self.compiled_step = _mean(self.compiled_step, seconds)
             return
-        self._compiled_step = elapsed if self._compiled_step is None else 0.9 * self._compiled_step + 0.1 * elapsed
+        self._first_compiled_step = False
+        typical = self.compiled_step if self.compiled_step is not None else (self.eager_step or 0.0)
+        cost = max(0.0, seconds - typical)
+        self.compilations += 1
+        self.compile_seconds += cost
+        graphs = _dynamo_counts()[0] - self._counts[0]
+        self.log_event({"event": "compile", "step": step, "reason": self._reason, "seconds": cost,
+                        "count": self.compilations, "graphs": graphs})
+        self.check_fallbacks(step)
+
+    def check_fallbacks(self, step: int) -> None:
+        """Report frames that ran eager since the last check (dynamo gave up on them)."""
+        now = _dynamo_counts()
+        failed, unsupported = now[1] - self._counts[1], now[2] - self._counts[2]
+        self._counts = now
+        if self.active and (failed or unsupported):
+            self.fallbacks += 1
+            self.log_event({"event": "compile_fallback", "step": step, "reason": self._reason,
+                            "detail": f"{failed} frame(s) failed to compile and ran eager; "
+                                      f"{unsupported} unsupported construct(s); run with TORCH_LOGS=recompiles,"
+                                      f"graph_breaks to see where"})
 
     def invalidate(self, reason: str, steps_until_next_change: int | None = None) -> None:
         """After a structural change: drop compiled code; decide whether the next phase compiles."""
+        had_compiled = self.compiled is not None
         self.compiled = None
         self._reason = reason
-        if not self.cfg.enabled or self.cfg.policy == "never":
-            return
-        torch.compiler.reset()
-        if self.cfg.policy == "auto":
-            self.use_compiled = self._pays_back(steps_until_next_change)
+        if had_compiled:
+            torch.compiler.reset()
+            self._counts = _dynamo_counts()
+        if self.cfg.enabled and self.cfg.policy == "auto" and not self._probe:
+            self.use_compiled = self.pays_back(steps_until_next_change)
 
-    def _pays_back(self, steps: int | None) -> bool:
-        if steps is None or self.compilations == 0 or self._eager_step is None or self._compiled_step is None:
-            # Without both measurements yet: compile when the phase is long, run eager (and measure) otherwise.
-            return steps is None or steps > 50 or self._eager_step is None
-        gain = self._eager_step - self._compiled_step
-        per_compile = self.compile_seconds / self.compilations
-        return gain > 0 and gain * steps > per_compile
+    def pays_back(self, steps: int | None) -> bool:
+        """Whether compiling now is expected to save time over ``steps`` steps (policy "auto")."""
+        if steps is None:
+            return True
+        if self.eager_step is None or self.compiled_step is None or not self.compilations:
+            return True  # nothing measured yet: compile, and measure
+        gain = self.eager_step - self.compiled_step
+        return gain > 0 and gain * steps > self.compile_seconds / self.compilations
 
     def state(self) -> dict[str, Any]:
-        return {
-            "compilations": self.compilations,
-            "compile_seconds": self.compile_seconds,
-            "fallbacks": self.fallbacks,
-            "compiled": self.use_compiled,
-        }
+        return {"compilations": self.compilations, "compile_seconds": self.compile_seconds,
+                "fallbacks": self.fallbacks, "compiled": self.active}
+
+
+def _mean(current: float | None, value: float, weight: float = 0.2) -> float:
+    return value if current is None else (1 - weight) * current + weight * value

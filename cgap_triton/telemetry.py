@@ -61,6 +61,10 @@ def describe_event(event: dict[str, Any]) -> str:
         return f"phase {event['from']} → {event['to']}"
     if kind in ("growth_stopped", "pruning_stopped"):
         return f"{kind.replace('_', ' ')}: {event['reason']}"
+    if kind == "compiling":
+        return f"compiling {event['reason']} (backend {event['backend']})"
+    if kind == "compile_fallback":
+        return f"WARNING: compiled model fell back to eager {event['reason']}: {event['detail']}"
     if kind == "compile":
         return f"compiled {event['reason']} in {event['seconds']:.1f}s (compilation {event['count']})"
     if kind == "eval":

@@ -54,6 +54,7 @@ class Progress:
     val_accuracy: float = 0.0
     trajectory: list[dict] = field(default_factory=list)  # params and widths over training (growth curve)
     phases: list[dict] = field(default_factory=list)  # phase boundaries
+    change_counts: dict[str, int] = field(default_factory=dict)  # structural changes by kind
     wall_seconds: float = 0.0
 
 
@@ -205,9 +206,11 @@ class CGaPRecipe:
         try:
             while p.epoch < r.train.epochs:
                 for x, y in self.batches.epoch(p.epoch, start=p.batch):
-                    t0 = self.compiled.step_started()
+                    t0 = time.perf_counter()
                     loss, correct = self._train_step(x, y)
-                    self.compiled.step_finished(t0, p.step)
+                    if self.device.type == "cuda" and self.recipe.compile.policy == "auto":
+                        torch.cuda.synchronize()  # the step times that policy decisions rest on
+                    self.compiled.step_finished(time.perf_counter() - t0, p.step)
                     p.batch += 1
                     if loss is not None:
                         window["loss"] += loss
@@ -284,10 +287,11 @@ class CGaPRecipe:
             "peak_params": p.peak_params,
             "widths": self.model.widths,
             "train_macs": p.train_macs,
-            "compiled": self.compiled.compiled is not None,
+            "compiled": self.compiled.active,
             "saliency_spread": self._saliency_spread(),
         }
         self.telemetry.log_metrics(metrics)
+        self.compiled.check_fallbacks(p.step)
         window.update(loss=window["loss"] * 0, correct=window["correct"] * 0, images=0, steps=0, time=now)
 
     def _saliency_spread(self) -> dict[str, list[float]]:
@@ -344,7 +348,10 @@ class CGaPRecipe:
             }
         )
         self._record_trajectory()
-        self.compiled.invalidate(f"after {kind} step {self.schedule.changes}", self._steps_until_next_change())
+        counts = self.progress.change_counts
+        counts[kind] = counts.get(kind, 0) + 1
+        noun = "growth" if kind == "grow" else "pruning"
+        self.compiled.invalidate(f"after {noun} step {counts[kind]}", self._steps_until_next_change())
 
     def _steps_until_next_change(self) -> int:
         s = self.schedule
@@ -444,6 +451,8 @@ class CGaPRecipe:
             "widths_full": self.widths_full,
             "widths_seed": self.widths_seed,
             "structural_changes": self.schedule.changes,
+            "growth_steps": p.change_counts.get("grow", 0),
+            "pruning_steps": p.change_counts.get("prune", 0),
             "train_macs": p.train_macs,
             "train_macs_dense": p.train_macs_dense,
             "train_macs_ratio": p.train_macs / max(1, p.train_macs_dense),
