@@ -19,7 +19,6 @@ then) less the typical step time measured around it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -89,8 +88,16 @@ class CompiledModel:
         self.compilations += 1
         self.compile_seconds += cost
         graphs = _dynamo_counts()[0] - self._counts[0]
-        self.log_event({"event": "compile", "step": step, "reason": self._reason, "seconds": cost,
-                        "count": self.compilations, "graphs": graphs})
+        self.log_event(
+            {
+                "event": "compile",
+                "step": step,
+                "reason": self._reason,
+                "seconds": cost,
+                "count": self.compilations,
+                "graphs": graphs,
+            }
+        )
         self.check_fallbacks(step)
 
     def check_fallbacks(self, step: int) -> None:
@@ -100,10 +107,16 @@ class CompiledModel:
         self._counts = now
         if self.active and (failed or unsupported):
             self.fallbacks += 1
-            self.log_event({"event": "compile_fallback", "step": step, "reason": self._reason,
-                            "detail": f"{failed} frame(s) failed to compile and ran eager; "
-                                      f"{unsupported} unsupported construct(s); run with TORCH_LOGS=recompiles,"
-                                      f"graph_breaks to see where"})
+            self.log_event(
+                {
+                    "event": "compile_fallback",
+                    "step": step,
+                    "reason": self._reason,
+                    "detail": f"{failed} frame(s) failed to compile and ran eager; "
+                    f"{unsupported} unsupported construct(s); run with TORCH_LOGS=recompiles,"
+                    f"graph_breaks to see where",
+                }
+            )
 
     def invalidate(self, reason: str, steps_until_next_change: int | None = None) -> None:
         """After a structural change: drop compiled code; decide whether the next phase compiles."""
@@ -126,8 +139,12 @@ class CompiledModel:
         return gain > 0 and gain * steps > self.compile_seconds / self.compilations
 
     def state(self) -> dict[str, Any]:
-        return {"compilations": self.compilations, "compile_seconds": self.compile_seconds,
-                "fallbacks": self.fallbacks, "compiled": self.active}
+        return {
+            "compilations": self.compilations,
+            "compile_seconds": self.compile_seconds,
+            "fallbacks": self.fallbacks,
+            "compiled": self.active,
+        }
 
 
 def _mean(current: float | None, value: float, weight: float = 0.2) -> float:
