@@ -252,8 +252,15 @@ class CGaPRecipe:
         if not torch.isfinite(loss):
             where = f"step {p.step + 1} (epoch {p.epoch}, phase {self.schedule.phase}): loss is {loss.item()}"
             if self.recipe.train.nan_policy == "stop":
+                checkpoint = self.out_dir / "checkpoint.pt"
+                kept = (
+                    f"the last good checkpoint is {checkpoint} (resume with --resume {self.out_dir})"
+                    if checkpoint.is_file()
+                    else "no checkpoint was written before it"
+                )
+                self.telemetry.log_event({"event": "stopped", "step": p.step + 1, "reason": where})
                 raise TrainingStopped(
-                    f"{where}; stopped. The last good checkpoint is in {self.out_dir}. "
+                    f"{where}; the run stopped, {kept}. "
                     f'Lower optim.lr, or set train.nan_policy="skip" to skip such batches.'
                 )
             self.telemetry.log_event({"event": "skipped_step", "step": p.step + 1, "reason": where})

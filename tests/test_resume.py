@@ -1,0 +1,147 @@
+"""Nothing lost: interrupts save a checkpoint, resume continues exactly, bad numbers and files are reported."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from cli_runner import QUICK, ROOT, SHORT, cli
+
+from cgap_triton.checkpoint import CheckpointError, atomic_save, load_checkpoint
+
+RUN = [*SHORT, "checkpoint.every=0"]  # checkpoints only at phase boundaries, the end, and on interrupts
+
+
+def start(out, *extra):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cgap_triton", "recipe", QUICK, *RUN, *extra, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def wait_for_event(out, name, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = out / "metrics.jsonl"
+        if path.is_file() and f'"event": "{name}"' in path.read_text():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before a {name} event: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    pytest.fail(f"no {name} event within {timeout} s")
+
+
+def summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    result = cli("recipe", QUICK, *RUN, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return summary(out)
+
+
+def test_interrupt_in_growth_then_resume_matches_the_uninterrupted_run(tmp_path, uninterrupted):
+    out = tmp_path / "cut"
+    proc = start(out)
+    wait_for_event(out, "grow", proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert f"--resume {out}" in stderr and "Traceback" not in stderr
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["schedule"]["phase"] in ("seed", "grow"), "the interruption should fall inside the growth phase"
+    assert 0 < state["progress"]["step"] < uninterrupted["steps"]
+
+    resumed = cli("recipe", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = summary(out)
+    assert after["widths"] == uninterrupted["widths"]
+    assert after["structural_changes"] == uninterrupted["structural_changes"]
+    assert after["steps"] == uninterrupted["steps"]
+    for key in ("test_accuracy", "test_loss", "val_accuracy", "params", "peak_params", "train_macs"):
+        assert after[key] == pytest.approx(uninterrupted[key], rel=1e-5, abs=1e-6), key
+
+
+def test_sigterm_saves_and_exits_143(tmp_path):
+    out = tmp_path / "term"
+    proc = start(out)
+    wait_for_event(out, "start", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert load_checkpoint(out / "checkpoint.pt")["progress"]["step"] >= 1
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_nan_loss_stops_with_step_and_phase(tmp_path):
+    out = tmp_path / "nan"
+    result = cli("recipe", QUICK, *RUN, "optim.lr=1e30", 'optim.schedule="constant"', "--out", str(out))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "loss is nan" in result.stderr or "loss is inf" in result.stderr
+    assert "phase seed" in result.stderr and "nan_policy" in result.stderr
+    assert not (out / "summary.json").exists()
+
+
+def test_nan_policy_skip_keeps_going(tmp_path):
+    out = tmp_path / "skip"
+    overrides = ["optim.lr=1e30", 'optim.schedule="constant"', 'train.nan_policy="skip"', "train.epochs=2"]
+    result = cli("recipe", QUICK, *RUN, *overrides, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert summary(out)["skipped_steps"] > 0
+
+
+def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
+    out = tmp_path / "corrupt"
+    out.mkdir()
+    (out / "recipe.toml").write_text((ROOT / "recipes" / "quickstart.toml").read_text())
+    (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    result = cli("recipe", "--resume", str(out))
+    assert result.returncode == 2 and "not a readable cgap_triton checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resume_without_checkpoint(tmp_path):
+    result = cli("recipe", "--resume", str(tmp_path))
+    assert result.returncode == 2 and "no checkpoint.pt" in result.stderr
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_checkpoints_load_without_running_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, path)
+    with pytest.raises(CheckpointError, match="not a readable cgap_triton checkpoint"):
+        load_checkpoint(path)
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"step": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
