@@ -28,6 +28,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     report = sub.add_parser("report", help="summarise finished runs (side by side) and redraw growth.png")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    sweep = sub.add_parser(
+        "sweep", help="accuracy versus size: CGaP and prune-only at several params targets, and dense"
+    )
+    sweep.add_argument("recipe", help="a CGaP recipe; the prune-only and dense baselines are derived from it")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides for every run")
+    sweep.add_argument(
+        "--targets", default="0.5,0.7,0.8,0.9,0.95", help="params-reduction targets (default: %(default)s)"
+    )
+    sweep.add_argument("--seeds", type=int, default=3, help="seeds per configuration, from run.seed on (default: 3)")
+    sweep.add_argument(
+        "--out", help="sweep folder (default: runs/sweep-<recipe-stem>-<UTC time>); an existing one is continued"
+    )
     return parser
 
 
@@ -40,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
         return _report(args)
+    if args.command == "sweep":
+        return _sweep(args)
     return _recipe(args)
 
 
@@ -100,6 +114,32 @@ def _recipe(args) -> int:
 
     Console().print(summary_table({out.name: summary}))
     print(f"run folder: {out}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from .sweep import SweepError, parse_targets, run_sweep
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as err:
+        print(f"error: invalid recipe ({len(err.problems)} problem{'s' * (len(err.problems) > 1)}):", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or f"runs/sweep-{Path(args.recipe).stem}-{stamp}")
+    command = " ".join(["python -m cgap_triton", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else ""
+    from .train import Interrupted
+
+    try:
+        run_sweep(recipe, parse_targets(args.targets), args.seeds, out, command=command)
+    except (SweepError, DataError, CheckpointError) as err:
+        return fail(str(err))
+    except Interrupted as err:
+        print(f"\ninterrupted ({err}); repeat the same command to continue the sweep in {out}", file=sys.stderr)
+        return 128 + err.signum
+    print(f"sweep folder: {out} (sweep.json, sweep.md, sweep.png)")
     return 0
 
 

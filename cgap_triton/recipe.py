@@ -57,10 +57,13 @@ class DataConfig:
     download: bool = _opt(False)
     batch_size: int = _opt(128, lo=1)
     val_size: int = _opt(5000, lo=0)
-    test_size: int = _opt(360, lo=1, doc="held-out test images, for data sets without a test split (digits)")
+    test_size: int = _opt(360, lo=1, doc="held-out test images, for data sets without a test split (digits, shapes)")
     split_seed: int = _opt(0, lo=0, doc="seed of the validation/test split, shared by every run on the data")
     augment: str = _opt("auto", choices=("auto", "none", "crop", "crop_flip"))
     train_size: int = _opt(0, lo=0, doc="0: every training image; otherwise the first N (shuffled) images")
+    shapes_classes: int = _opt(10, lo=2, doc='"shapes" (synthetic) only: number of classes')
+    shapes_images: int = _opt(20000, lo=1, doc='"shapes" only: images generated for the training + validation splits')
+    shapes_seed: int = _opt(0, lo=0, doc='"shapes" only: seed of the generated images, shared by every run on them')
 
 
 @dataclass(frozen=True)
