@@ -1,0 +1,106 @@
+"""Smoke tests of the benchmark code on CPU with tiny sizes, so that it does not rot between GPU runs.
+
+They check what the numbers rest on, not the numbers: result files carry the machine and versions, the
+hand-written PyTorch baselines compute what the kernels compute, and each CPU benchmark runs end to end.
+"""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not an installed package
+
+from benchmarks import common, compile_policy, inference, kernels, training  # noqa: E402
+from cgap_triton.models import ModelSpec, SizeOracle  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def tiny_workload() -> training.Workload:
+    spec = ModelSpec("vgg", 3, 1, 8, (8, "M", 16, 16))
+    return training.Workload("tiny", spec, batch_size=4, round_to=2, target_reduction=0.5)
+
+
+def test_result_files_name_machine_versions_and_date(tmp_path):
+    env = common.environment(CPU)
+    rows = [{"impl": "a", "median_us": 1.5, "bytes": 123_456}, {"impl": "b", "median_us": 3.0, "bytes": 7}]
+    paths = common.write_results("demo", rows, env, title="Demo", columns=["impl", "median_us"], results_dir=tmp_path)
+    assert [p.name for p in paths] == ["demo.json", "demo.csv", "demo.md"]
+    assert paths[0].parent == tmp_path / common.machine_slug(env)
+    data = json.loads(paths[0].read_text())
+    assert data["rows"] == rows
+    for key in ("date", "cpu", "torch", "triton", "load_average_1m"):
+        assert key in data["environment"]
+    with open(paths[1]) as f:
+        table = list(csv.DictReader(f))
+    assert table[0]["torch"] == torch.__version__ and table[0]["machine"] and table[0]["date"] == env["date"]
+    markdown = paths[2].read_text()
+    assert "| impl | median_us |" in markdown and torch.__version__ in markdown and env["date"] in markdown
+
+
+def test_final_widths_reach_the_params_target():
+    workload = tiny_workload()
+    widths = training.final_widths(workload.spec, 0.5, 2)
+    oracle = SizeOracle(workload.spec)
+    full = workload.spec.full_widths()
+    assert 1 - oracle.params(widths) / oracle.params(full) >= 0.5
+    assert all(w % 2 == 0 and 2 <= w <= full[k] for k, w in widths.items())
+
+
+def test_step_times_and_change_cost_run_on_cpu():
+    workload = tiny_workload()
+    rows = training.step_times(workload, CPU, [], repeat=1)
+    assert [r["stage"] for r in rows] == ["seed", "peak", "final"]
+    assert all(r["step_ms"] > 0 and r["images_per_s"] > 0 for r in rows)
+    changes = training.change_cost(workload, CPU, None, repeat=1)
+    assert [c["change"] for c in changes] == ["grow", "prune"]
+    assert all(c["units_changed"] > 0 and c["surgery_ms"] > 0 for c in changes)
+
+
+def test_inference_variants_and_speedups():
+    rows = inference.bench_inference(
+        tiny_workload(), CPU, batch_sizes=(1, 2), modes=("eager",), dtype=torch.float32, repeat=1
+    )
+    assert {r["variant"] for r in rows} == {"full", "compact round_to 1", "compact round_to 8", "compact round_to 32"}
+    full = [r for r in rows if r["variant"] == "full"]
+    assert all(r["speedup_vs_full"] == 1.0 and r["macs_vs_full"] == 1.0 for r in full)
+    assert all(r["latency_ms"] > 0 for r in rows)
+
+
+def test_torch_channel_stats_baseline_matches_the_kernel():
+    weights, grads, outs = kernels.stats_inputs("resnet20", torch.float32, CPU)
+    expected = [o.clone() for o in outs]
+    kernels.torch_channel_stats(weights, grads, outs, 0.9)
+    kernels.channel_stats(weights, grads, out=expected, momentum=0.9)
+    for a, b in zip(outs, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["grow", "prune"])
+def test_index_select_cat_baseline_matches_surgery(kind):
+    calls = kernels.capture_change(tiny_workload(), kind, CPU)
+    assert calls and all(c["kind"] == kind for c in calls)
+    ours, theirs = kernels.ours_change(calls), kernels.torch_change(calls)
+    stds = [s for c in calls for s in c["noise_stds"]]
+    assert len(ours) == len(theirs) == len(stds)
+    for a, b, std in zip(ours, theirs, stds):
+        assert a.shape == b.shape
+        if not (isinstance(std, torch.Tensor) or std > 0):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert kernels.gather_bytes(calls) > 0
+
+
+def test_compile_policy_verdict():
+    rows = [
+        {"policy": "always", "wall_seconds": 10.0},
+        {"policy": "never", "wall_seconds": 8.0},
+        {"policy": "auto", "wall_seconds": 8.3},
+    ]
+    verdict = compile_policy.compare(rows)
+    assert verdict["within_tolerance"] and verdict["auto_vs_best_fixed"] == pytest.approx(8.3 / 8.0)
+    rows[2]["wall_seconds"] = 8.5
+    assert not compile_policy.compare(rows)["within_tolerance"]
