@@ -1,0 +1,262 @@
+"""The Torch-Pruning adapter against the real Torch-Pruning: same channels, Taylor with BatchNorm, optimizer state."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+tp = pytest.importorskip("torch_pruning")
+
+from cgap_triton.integrations import torch_pruning as adapter  # noqa: E402
+from cgap_triton.integrations.torch_pruning import KernelImportance, prune_step, record_pruning  # noqa: E402
+from cgap_triton.models import ModelSpec, build_model  # noqa: E402
+
+VGG_SPEC = ModelSpec("vgg", 10, 3, 32, (16, 16, "M", 32, 32))
+IMAGE = 16  # small inputs keep ResNet-18 cheap on CPU; every layer still sees at least 1×1 pixels
+
+
+def resnet18() -> nn.Module:
+    return torchvision.models.resnet18(weights=None, num_classes=10)
+
+
+def vgg() -> nn.Module:
+    return build_model(VGG_SPEC)
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    return model.fc if hasattr(model, "fc") else model.classifier
+
+
+def pruner_for(model, importance, *, global_pruning=False, ratio=0.3):
+    return tp.pruner.BasePruner(
+        model,
+        torch.randn(1, 3, IMAGE, IMAGE),
+        importance,
+        pruning_ratio=ratio,
+        global_pruning=global_pruning,
+        ignored_layers=[classifier_of(model)],
+    )
+
+
+def backward_on_batch(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, IMAGE, IMAGE, generator=generator)
+    y = torch.randint(0, 10, (2,), generator=generator)
+    model.train()  # Torch-Pruning's tracing leaves the model in eval mode
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+
+
+def widths(model):
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("make_model", [resnet18, vgg], ids=["resnet18", "vgg"])
+@pytest.mark.parametrize("global_pruning", [False, True], ids=["local", "global"])
+def test_l1_prunes_the_channels_torch_pruning_prunes(make_model, global_pruning):
+    model = make_model()
+    ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
+    ours_pruner = pruner_for(ours, KernelImportance("l1"), global_pruning=global_pruning)
+    theirs_pruner = pruner_for(theirs, tp.importance.GroupMagnitudeImportance(p=1), global_pruning=global_pruning)
+    ours_pruner.step()
+    theirs_pruner.step()
+    history = ours_pruner.DG.pruning_history()
+    assert history, "the step pruned nothing: the comparison would be empty"
+    assert history == theirs_pruner.DG.pruning_history()
+    assert widths(ours) == widths(theirs) != widths(model)
+
+
+def test_one_launch_per_step_reading_the_live_weights(monkeypatch):
+    model = resnet18()
+    calls = []
+
+    def spy(weights, grads=None, **kwargs):
+        calls.append((list(weights), kwargs["dim"]))
+        return real(weights, grads, **kwargs)
+
+    real = adapter.channel_stats
+    monkeypatch.setattr(adapter, "channel_stats", spy)
+    pruner = pruner_for(model, KernelImportance("l1"))
+    live = {id(p) for p in model.parameters()}
+    pruner.step()
+    assert len(calls) == 1
+    weights, dims = calls[0]
+    assert all(id(w) in live for w in weights)  # the parameters themselves, no copies
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    # Each conv read twice: its filters (dim 0) and, for the groups it consumes, its columns (dim 1).
+    assert sum(1 for w, d in zip(weights, dims) if d == 1 and w.dim() == 4) == len(convs)
+
+
+def taylor_reference(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Per VGG conv, per channel: |w·g| of its filters + |γ·∂γ| of its BN + |w·g| of the consumer's columns."""
+    features = [m for m in model.features if hasattr(m, "conv")]
+    consumers = [f.conv for f in features[1:]] + [model.classifier]
+    scores = {}
+    for i, (block, consumer) in enumerate(zip(features, consumers)):
+        conv, bn = block.conv, block.bn
+        filters = (conv.weight * conv.weight.grad).abs().flatten(1).sum(1)
+        norm = (bn.weight * bn.weight.grad).abs()
+        columns = (consumer.weight * consumer.weight.grad).abs().transpose(0, 1).flatten(1).sum(1)
+        scores[f"conv{i + 1}"] = (filters + norm + columns).detach()
+    return scores
+
+
+def group_scores(importance, pruner, model):
+    convs = {f"conv{i + 1}": block.conv for i, block in enumerate(m for m in model.features if hasattr(m, "conv"))}
+    return {
+        name: importance(pruner.DG.get_pruning_group(conv, tp.prune_conv_out_channels, list(range(conv.out_channels))))
+        for name, conv in convs.items()
+    }
+
+
+def test_taylor_one_batch_matches_an_independent_reference():
+    model = vgg()
+    pruner = pruner_for(model, KernelImportance("taylor"))
+    backward_on_batch(model)
+    expected = taylor_reference(model)
+    summed = group_scores(KernelImportance("taylor", "sum", None), pruner, model)
+    averaged = group_scores(KernelImportance("taylor"), pruner, model)  # mean over 3 items, then / mean
+    for name, reference in expected.items():
+        torch.testing.assert_close(summed[name], reference, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(averaged[name], reference / reference.mean(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("accumulation", ["sum", "ema"])
+def test_taylor_accumulates_batches_in_the_kernel(accumulation):
+    model = vgg()
+    pruner = pruner_for(model, KernelImportance("taylor"))
+    importance = KernelImportance("taylor", "sum", None, accumulation=accumulation, momentum=0.75)
+    per_batch = []
+    for seed in range(3):
+        backward_on_batch(model, seed)
+        importance.accumulate(model)
+        per_batch.append(taylor_reference(model))
+    assert importance.batches == 3 and importance.launches == 3
+    scores = group_scores(importance, pruner, model)
+    assert importance.launches == 3  # scoring reads the accumulated buffers: no further launch
+    for name in scores:
+        first, second, third = (batch[name] for batch in per_batch)
+        ema = 0.75 * (0.75 * first + 0.25 * second) + 0.25 * third  # the first batch starts the average
+        expected = first + second + third if accumulation == "sum" else ema
+        torch.testing.assert_close(scores[name], expected, rtol=1e-5, atol=1e-9)
+
+
+def test_taylor_differs_from_torch_pruning_only_by_batchnorm():
+    model = resnet18()
+    pruner = pruner_for(model, KernelImportance("taylor"))
+    backward_on_batch(model)
+    ours = KernelImportance("taylor", "sum", None)
+    theirs = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
+    with_bn = 0
+    for group in pruner.DG.get_all_groups(root_module_types=pruner.root_module_types):
+        ours_scores = ours(group)
+        bn_term = torch.zeros_like(ours_scores)
+        for item in group:
+            layer = item.dep.target.module
+            if isinstance(layer, nn.BatchNorm2d) and None not in item.root_idxs:
+                term = (layer.weight * layer.weight.grad).abs()[item.idxs]
+                bn_term.scatter_add_(0, torch.as_tensor(item.root_idxs), term.detach())
+        with_bn += int(bn_term.abs().sum() > 0)
+        torch.testing.assert_close(ours_scores - bn_term, theirs(group), rtol=1e-4, atol=1e-9)
+    assert with_bn > 0
+
+
+def test_taylor_needs_gradients():
+    model = vgg()
+    pruner = pruner_for(model, KernelImportance("taylor"))
+    conv = model.features.conv1.conv
+    group = pruner.DG.get_pruning_group(conv, tp.prune_conv_out_channels, list(range(conv.out_channels)))
+    with pytest.raises(ValueError, match="backward"):
+        KernelImportance("taylor")(group)
+    with pytest.raises(ValueError, match="criterion"):
+        KernelImportance("l3")
+    with pytest.raises(ValueError, match="normalizer"):
+        KernelImportance("l1", normalizer="median")
+    with pytest.raises(ValueError, match="pruner_or_graph"):
+        with record_pruning(model):
+            pass
+
+
+@pytest.mark.parametrize(
+    "make_model, make_optimizer",
+    [
+        (resnet18, lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)),
+        (vgg, lambda params: torch.optim.Adam(params, lr=1e-3)),
+    ],
+    ids=["resnet18-sgd", "vgg-adam"],
+)
+def test_optimizer_state_survives_pruning(make_model, make_optimizer):
+    model = make_model()
+    optimizer = make_optimizer(model.parameters())
+    backward_on_batch(model)
+    optimizer.step()
+    names = {id(p): name for name, p in model.named_parameters()}
+    state_before = {names[id(p)]: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    per_element_keys = [k for k, v in next(iter(optimizer.state.values())).items() if v.dim() > 0]
+
+    pruner = pruner_for(model, KernelImportance("l1"))
+    prune_step(pruner, optimizer)
+
+    # Replay the same pruning on copies whose weights are the state before: Torch-Pruning itself then says
+    # which entries each kept channel had.
+    live = dict(model.named_parameters())
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == {id(p) for p in live.values()}
+    for key in per_element_keys:
+        shadow = make_model()
+        with torch.no_grad():
+            for name, p in shadow.named_parameters():
+                p.copy_(state_before[name][key])
+        shadow_pruner = pruner_for(shadow, tp.importance.GroupMagnitudeImportance(p=1))
+        shadow_pruner.DG.load_pruning_history(pruner.DG.pruning_history())
+        for name, expected in shadow.named_parameters():
+            assert torch.equal(optimizer.state[live[name]][key], expected.detach()), (name, key)
+    pruned = [name for name in live if live[name].shape != state_before[name][per_element_keys[0]].shape]
+    assert pruned
+    for name in live:
+        if "step" in state_before[name]:
+            assert torch.equal(optimizer.state[live[name]]["step"], state_before[name]["step"])
+
+    before = {name: p.detach().clone() for name, p in live.items()}
+    backward_on_batch(model, seed=7)
+    optimizer.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+def test_kernel_path_under_the_interpreter():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 8, 8))
+    F.cross_entropy(model(torch.randn(2, 3, 8, 8)), torch.tensor([0, 2])).backward()
+    groups = list(graph.get_all_groups(root_module_types=[nn.Conv2d]))
+    for criterion in ("l1", "taylor"):
+        kernel, twin = KernelImportance(criterion, impl="triton"), KernelImportance(criterion, impl="torch")
+        for group in groups:
+            torch.testing.assert_close(kernel(group), twin(group), rtol=1e-5, atol=1e-7)
+        assert kernel.launches == 1
+    kernel, twin = KernelImportance("taylor", impl="triton"), KernelImportance("taylor", impl="torch")
+    for importance in (kernel, twin):
+        importance.accumulate(model)
+        importance.accumulate(model)
+    for group in groups:
+        torch.testing.assert_close(kernel(group), twin(group), rtol=1e-5, atol=1e-7)
+
+
+def test_integrations_import_without_torch_pruning():
+    code = "import sys, cgap_triton.integrations, cgap_triton.integrations.optim; print('torch_pruning' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
