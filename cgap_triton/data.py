@@ -58,13 +58,15 @@ class Dataset:
         return self.train.images.shape[-1]
 
 
+# Per data set: the folder under data.root torchvision reads, the files it needs there, and where they come from.
 _FILES = {
     "cifar10": (
         "cifar-10-batches-py",
         ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"],
     ),
     "cifar100": ("cifar-100-python", ["train", "test", "meta"]),
-    "svhn": ("", ["train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"]),
+    # The papers train SVHN on train + extra, so extra is required, not optional.
+    "svhn": ("", ["train_32x32.mat", "extra_32x32.mat", "test_32x32.mat"]),
 }
 _AUTO_AUGMENT = {"digits": "none", "cifar10": "crop_flip", "cifar100": "crop_flip", "svhn": "none", "shapes": "none"}
 
@@ -79,20 +81,38 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         train, test, classes = make_shapes(cfg)
     else:
         train, test, classes = _torchvision(cfg)
-    generator = torch.Generator().manual_seed(cfg.split_seed)
-    order = torch.randperm(len(train), generator=generator)
     if cfg.val_size >= len(train):
         raise DataError(
             f"data.val_size: expected fewer than the {len(train)} training images of {cfg.name}, got {cfg.val_size}"
         )
+    generator = torch.Generator().manual_seed(cfg.split_seed)
+    order = torch.randperm(len(train), generator=generator)
     val, rest = train.subset(order[: cfg.val_size]), train.subset(order[cfg.val_size :])
     if cfg.train_size:
         rest = rest.subset(torch.arange(min(cfg.train_size, len(rest))))
-    images = rest.images.float()
-    mean = tuple(images.mean(dim=(0, 2, 3)).tolist())
-    std = tuple(images.std(dim=(0, 2, 3)).clamp(min=1.0).tolist())
+    mean, std = channel_mean_std(rest.images)
     augment = _AUTO_AUGMENT[cfg.name] if cfg.augment == "auto" else cfg.augment
     return Dataset(cfg.name, rest, val, test, classes, mean, std, augment, synthetic=cfg.name == "shapes")
+
+
+def channel_mean_std(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std of uint8 ``[N, C, H, W]`` images, on the 0–255 scale.
+
+    Chunked with float64 sums: SVHN's train + extra (600 k images) as one float32 tensor would take 7 GB.
+    """
+    n, c = images.shape[0], images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for part in images.split(chunk):
+        x = part.float()  # exact: 255² fits float32's mantissa, and the sums run in float64
+        total += x.sum(dim=(0, 2, 3), dtype=torch.float64).cpu()
+        squares += (x * x).sum(dim=(0, 2, 3), dtype=torch.float64).cpu()
+    count = n * images.shape[2] * images.shape[3]
+    mean = total / count
+    var = (squares - count * mean * mean) / max(1, count - 1)
+    # A constant channel (std 0) would divide by zero; 1.0 on the 0–255 scale is far below any real spread.
+    std = var.clamp(min=0).sqrt().clamp(min=1.0)
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def _digits(cfg: DataConfig) -> tuple[Split, Split, int]:
@@ -109,36 +129,50 @@ def _digits(cfg: DataConfig) -> tuple[Split, Split, int]:
     return Split(images[train], labels[train]), Split(images[test], labels[test]), 10
 
 
+def _how_to_get(name: str, where: Path) -> str:
+    """Where the official files come from: the URLs torchvision itself downloads."""
+    import torchvision
+
+    if name == "svhn":
+        urls = " ".join(url for url, _, _ in torchvision.datasets.SVHN.split_list.values())
+        return f"download {urls} (the 32x32 .mat files, format 2) into {where}"
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    return f"download {cls.url} (the python version) and extract it in {where}"
+
+
 def _torchvision(cfg: DataConfig) -> tuple[Split, Split, int]:
     import torchvision
 
     root = Path(cfg.root).expanduser()
     folder, files = _FILES[cfg.name]
-    missing = [f for f in files if not (root / folder / f).is_file()]
-    if cfg.name == "svhn":
-        # extra is optional; training uses train+extra when it is present, as in the papers.
-        missing = [f for f in missing if f != "extra_32x32.mat"]
+    where = root / folder if folder else root
+    missing = [f for f in files if not (where / f).is_file()]
     if missing and not cfg.download:
-        where = root / folder if folder else root
         raise DataError(
-            f"{cfg.name}: missing {', '.join(missing)} under {where}. Put the data set's files there "
-            f"(the python version from its official site), or set data.download=true on a machine with "
-            f"internet access, or point data.root at the folder that holds them."
+            f"{cfg.name}: missing {', '.join(missing)} under {where}. To get them: {_how_to_get(cfg.name, root)}; "
+            f"or set data.download=true on a machine with internet access; "
+            f"or point data.root at the folder that already holds them."
         )
     try:
         if cfg.name == "svhn":
-            parts = [torchvision.datasets.SVHN(str(root), split=s, download=cfg.download) for s in ("train", "test")]
-            if (root / "extra_32x32.mat").is_file() or cfg.download:
-                parts.insert(1, torchvision.datasets.SVHN(str(root), split="extra", download=cfg.download))
-            as_split = [Split(torch.from_numpy(p.data), torch.from_numpy(p.labels).long()) for p in parts]
-            train = Split(torch.cat([s.images for s in as_split[:-1]]), torch.cat([s.labels for s in as_split[:-1]]))
-            return train, as_split[-1], 10
+            # train + extra for training, as in the papers; torchvision maps label 10 to digit 0.
+            parts = [
+                torchvision.datasets.SVHN(str(root), split=s, download=cfg.download) for s in ("train", "extra", "test")
+            ]
+            splits = [Split(torch.from_numpy(p.data).contiguous(), torch.from_numpy(p.labels).long()) for p in parts]
+            train = Split(torch.cat([s.images for s in splits[:2]]), torch.cat([s.labels for s in splits[:2]]))
+            return train, splits[2], 10
         cls = torchvision.datasets.CIFAR10 if cfg.name == "cifar10" else torchvision.datasets.CIFAR100
         parts = [cls(str(root), train=t, download=cfg.download) for t in (True, False)]
-    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted" (an md5 mismatch)
         raise DataError(
-            f"{cfg.name}: the files under {root / folder} failed torchvision's check ({err}); "
-            f"replace them with the official files or set data.download=true"
+            f"{cfg.name}: the files under {where} failed torchvision's checksum test ({err}); "
+            f"replace them with the official files ({_how_to_get(cfg.name, root)}) or set data.download=true"
+        ) from None
+    except OSError as err:  # a download without network, a full disk, a file that cannot be read
+        raise DataError(
+            f"{cfg.name}: could not {'download or ' * cfg.download}read the files under {where} ({err}); "
+            f"{_how_to_get(cfg.name, root)}"
         ) from None
     splits = [
         Split(rearrange(torch.from_numpy(p.data), "n h w c -> n c h w").contiguous(), torch.tensor(p.targets))
@@ -150,9 +184,12 @@ def _torchvision(cfg: DataConfig) -> tuple[Split, Split, int]:
 class Batches:
     """Batches of one split, on the split's device, augmented and normalised as batched tensor ops.
 
-    Every random draw is a pure function of (seed, epoch, batch): the order of an epoch comes from a
-    generator seeded with (seed, epoch) and each batch's augmentation from one seeded with (seed, epoch,
-    batch), so a run resumed mid-epoch sees exactly the batches it would have seen.
+    Every random draw is a pure function of (seed, epoch, batch): an epoch's order, crop offsets and
+    flips come from a generator seeded with (seed, epoch), and batch b takes positions
+    [b·batch_size, (b+1)·batch_size) of them, so a run resumed mid-epoch sees exactly the batches it
+    would have seen. The draws are made on the CPU (identical on every device) and moved to the device
+    once per epoch: inside the epoch nothing waits on the host, so the next step's kernels queue up
+    behind the current one.
     """
 
     def __init__(
@@ -166,12 +203,17 @@ class Batches:
         shuffle: bool = False,
         drop_last: bool = False,
         seed: int = 0,
+        pad: int = 4,
+        channels_last: bool = False,
     ):
-        self.split, self.batch_size, self.augment = split, batch_size, augment
+        if augment not in ("none", "crop", "crop_flip"):
+            raise ValueError(f"augment: expected 'none', 'crop' or 'crop_flip', got {augment!r}")
+        self.split, self.batch_size, self.augment, self.pad = split, batch_size, augment, pad
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         device = split.images.device
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+        self.inv_std = (1.0 / torch.tensor(std, dtype=torch.float32)).view(1, -1, 1, 1).to(device)
 
     def __len__(self) -> int:
         n = len(self.split)
@@ -180,31 +222,41 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
 
+    def draws(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The epoch's (order, crop offsets [N, 2] in 0..2·pad, flips [N] bool), on the CPU."""
+        n = len(self.split)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        offsets = flips = None
+        if self.augment != "none":
+            offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator, dtype=torch.int32)
+        if self.augment == "crop_flip":
+            flips = torch.rand(n, generator=generator) < 0.5
+        return order, offsets, flips
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of ``epoch``, from batch ``start`` on."""
-        n, device = len(self.split), self.split.images.device
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        else:
-            order = torch.arange(n)
+        """The batches of ``epoch``, from batch ``start`` on: (normalised float images, int64 labels)."""
+        device = self.split.images.device
+        order, offsets, flips = (t if t is None else t.to(device) for t in self.draws(epoch))
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size].to(device)
+            window = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = order[window]
             images = self.split.images[idx]
-            if self.augment != "none":
-                generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + b)
-                images = self._augment(images, generator)
+            if offsets is not None:
+                images = self._crop(images, offsets[window])
+            if flips is not None:
+                images = torch.where(flips[window].view(-1, 1, 1, 1), images.flip(3), images)
+            # Layout change on uint8 (a quarter of the float bytes); the float ops below keep it.
+            images = images.contiguous(memory_format=self.memory_format)
             yield (images.float() - self.mean) * self.inv_std, self.split.labels[idx]
 
-    def _augment(self, images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    def _crop(self, images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Random crop with zero padding: output pixel (i, j) is padded pixel (i + dy, j + dx)."""
         n, _, h, w = images.shape
-        device = images.device
-        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).to(device)
+        pad, device = self.pad, images.device
         padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
         rows = (offsets[:, :1] + torch.arange(h, device=device)).view(n, h, 1)
         cols = (offsets[:, 1:] + torch.arange(w, device=device)).view(n, 1, w)
         batch = torch.arange(n, device=device).view(n, 1, 1)
-        cropped = rearrange(padded.permute(0, 2, 3, 1)[batch, rows, cols], "n h w c -> n c h w")
-        if self.augment == "crop_flip":
-            flip = (torch.rand(n, generator=generator) < 0.5).to(device).view(n, 1, 1, 1)
-            cropped = torch.where(flip, cropped.flip(3), cropped)
-        return cropped.contiguous()
+        # One gather over (image, row, col) moves all channels at once; the result is NHWC in memory.
+        return rearrange(padded.permute(0, 2, 3, 1)[batch, rows, cols], "n h w c -> n c h w")
