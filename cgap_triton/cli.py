@@ -80,15 +80,25 @@ def _recipe(args) -> int:
         sys.stdout.write(to_toml(recipe))
         return 0
     stem = Path(recipe_path).stem if resume is None else resume.name
+    from .distributed import broadcast_value, init_from_env, shutdown
+
+    # Under torchrun every rank joins here, so that rank 0 alone names and checks the run folder.
+    world, _ = init_from_env(recipe.train.device)
     if resume is not None:
-        out = resume
+        out, problem = resume, None
     else:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         out = Path(args.out or recipe.run.out or f"runs/{stem}-{stamp}")
+        problem = None
         if out.exists() and any(out.iterdir()):
-            return fail(f"--out {out}: the folder exists and is not empty; choose another, or --resume {out}")
-    dashboard = recipe.dashboard.enabled and not args.no_dashboard and sys.stdout.isatty()
+            problem = f"--out {out}: the folder exists and is not empty; choose another, or --resume {out}"
+        out, problem = broadcast_value((out, problem), world)
+    if problem:
+        shutdown()
+        return fail(problem) if world.is_main else EXIT_USAGE
+    dashboard = recipe.dashboard.enabled and not args.no_dashboard and sys.stdout.isatty() and world.is_main
 
+    from .distributed import RankDisagreement
     from .train import CGaPRecipe, Interrupted, TrainingStopped
 
     run = CGaPRecipe(recipe, out, dashboard=dashboard, resume=resume is not None, recipe_name=stem)
@@ -96,11 +106,13 @@ def _recipe(args) -> int:
         run.setup()
         summary = run.train()
     except (DataError, CheckpointError) as err:
-        return fail(str(err))
-    except TrainingStopped as err:
+        return fail(str(err)) if world.is_main else EXIT_USAGE
+    except (TrainingStopped, RankDisagreement) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except Interrupted as err:
+        if not world.is_main:
+            return 128 + err.signum
         print(
             f"\ninterrupted ({err}); checkpoint saved. Resume with:\n  python -m cgap_triton recipe --resume {out}",
             file=sys.stderr,
@@ -108,6 +120,8 @@ def _recipe(args) -> int:
         return 128 + err.signum
     finally:
         run.cleanup()
+    if not world.is_main:
+        return 0
     from rich.console import Console
 
     from .report import summary_table

@@ -7,6 +7,7 @@ a WidthChange, which surgery applies in place before the model is compiled again
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import signal
@@ -23,6 +24,7 @@ from .cgap import SaliencyTracker, Schedule, WidthChange, apply_width_change
 from .checkpoint import CheckpointError, atomic_save, atomic_write_text, load_checkpoint
 from .compile import CompiledModel
 from .data import Batches, Dataset, load_dataset
+from .distributed import World, all_reduce_mean_, any_rank, broadcast_value, init_from_env, shutdown, verify_identical
 from .models import ModelSpec, SizeOracle, build_model, seed_widths, spec_from_recipe
 from .recipe import Recipe, build_recipe, to_toml
 from .telemetry import JsonlSink, StdoutSink, Telemetry
@@ -79,12 +81,19 @@ class CGaPRecipe:
         self.recipe, self.out_dir, self.want_dashboard = recipe, Path(out_dir), dashboard
         self.resume, self.recipe_name = resume, recipe_name
         self._signal: int | None = None
+        self._stop_requested = False
+        self.world = World()
 
     # ------------------------------------------------------------------------------------------ setup
 
     def setup(self) -> None:
         r = self.recipe
-        self.device = resolve_device(r.train.device)
+        self.world, self.device = init_from_env(r.train.device)
+        if r.data.batch_size % self.world.size:
+            raise TrainingStopped(
+                f"data.batch_size: the global batch ({r.data.batch_size}) must divide evenly over "
+                f"{self.world.size} ranks"
+            )
         torch.manual_seed(r.run.seed)
         self.data: Dataset = load_dataset(r.data)
         self.train_split, self.val_split, self.test_split = (
@@ -132,19 +141,19 @@ class CGaPRecipe:
         if state:
             self._restore(state)
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(to_toml(r), self.out_dir / "recipe.toml")
-        sinks = [JsonlSink(self.out_dir / "metrics.jsonl", append=self.resume)]
-        if self.want_dashboard:
-            from .dashboard import Dashboard
+        sinks = []
+        if self.world.is_main:  # only rank 0 writes the run folder and talks to the user
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(to_toml(r), self.out_dir / "recipe.toml")
+            sinks.append(JsonlSink(self.out_dir / "metrics.jsonl", append=self.resume))
+            if self.want_dashboard:
+                from .dashboard import Dashboard
 
-            self.dashboard = Dashboard(refresh_per_second=r.dashboard.refresh_per_second)
-            sinks.append(self.dashboard)
-        else:
-            self.dashboard = None
-            sinks.append(StdoutSink())
+                sinks.append(Dashboard(refresh_per_second=r.dashboard.refresh_per_second))
+            else:
+                sinks.append(StdoutSink())
         self.telemetry = Telemetry(sinks)
-        self.compiled = CompiledModel(self.model, r.compile, self.telemetry.log_event)
+        self.compiled = CompiledModel(self._wrap(), r.compile, self.telemetry.log_event)
         self.params, self.macs = self.sizes(self.model.widths)
         self.progress.peak_params = max(self.progress.peak_params, self.params)
         self.telemetry.log_event(
@@ -152,6 +161,7 @@ class CGaPRecipe:
                 "event": "start" if not state else "resume",
                 "step": self.progress.step,
                 "device": str(self.device),
+                "world_size": self.world.size,
                 "recipe": self.recipe_name,
                 "data": self.data.name + (" (synthetic)" if self.data.synthetic else ""),
                 "widths": self.model.widths,
@@ -169,6 +179,15 @@ class CGaPRecipe:
         )
         if not state:
             self._record_trajectory()
+
+    def _wrap(self) -> torch.nn.Module:
+        """The module the training step calls: the raw model, or DDP around it on several ranks."""
+        if not self.world.distributed:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.recipe.optim
@@ -206,6 +225,8 @@ class CGaPRecipe:
         try:
             while p.epoch < r.train.epochs:
                 for x, y in self.batches.epoch(p.epoch, start=p.batch):
+                    if self.world.distributed:  # this rank's shard of the global batch
+                        x, y = x[self.world.rank :: self.world.size], y[self.world.rank :: self.world.size]
                     t0 = time.perf_counter()
                     loss, correct = self._train_step(x, y)
                     if self.device.type == "cuda" and self.recipe.compile.policy == "auto":
@@ -223,12 +244,12 @@ class CGaPRecipe:
                     if self.schedule.due(p.step):
                         self._decide()
                     p.wall_seconds = time.perf_counter() - started
-                    if self._signal is not None:
+                    if self._stop_requested:
                         self.save_checkpoint()
-                        raise Interrupted(self._signal)
+                        raise Interrupted(self._signal or signal.SIGTERM)
                 p.epoch += 1
                 p.batch = 0
-                p.val_accuracy = self.evaluate(self.val_split)[0]
+                p.val_accuracy = self._validation_accuracy()
                 self.telemetry.log_event(
                     {"event": "eval", "step": p.step, "epoch": p.epoch, "val_accuracy": p.val_accuracy}
                 )
@@ -249,8 +270,14 @@ class CGaPRecipe:
         logits = self.compiled(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.train.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        # One small all-reduce on several ranks: they skip, stop or go on together.
+        not_finite, self._stop_requested = any_rank(
+            [not bool(torch.isfinite(loss)), self._signal is not None], self.world, self.device
+        )
+        if not_finite:
             where = f"step {p.step + 1} (epoch {p.epoch}, phase {self.schedule.phase}): loss is {loss.item()}"
+            if self.world.distributed:
+                where += f" (on rank {self.world.rank}, or another rank)"
             if self.recipe.train.nan_policy == "stop":
                 checkpoint = self.out_dir / "checkpoint.pt"
                 kept = (
@@ -271,10 +298,10 @@ class CGaPRecipe:
         self.tracker.update(p.step)
         self.optimizer.step()
         p.step += 1
-        batch = y.numel()
+        batch = y.numel() * self.world.size  # the global batch
         p.train_macs += 3 * self.macs * batch  # forward + backward ≈ 3 × forward MACs
         p.train_macs_dense += 3 * self.macs_full * batch
-        return loss.detach() * batch, (logits.detach().argmax(1) == y).sum()
+        return loss.detach() * y.numel(), (logits.detach().argmax(1) == y).sum()
 
     def _log_window(self, window: dict) -> None:
         p = self.progress
@@ -288,7 +315,7 @@ class CGaPRecipe:
             "train_accuracy": float(window["correct"]) / images,
             "val_accuracy": p.val_accuracy,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "images_per_second": window["images"] / max(1e-9, now - window["time"]),
+            "images_per_second": window["images"] * self.world.size / max(1e-9, now - window["time"]),
             "params": self.params,
             "macs": self.macs,
             "peak_params": p.peak_params,
@@ -312,11 +339,18 @@ class CGaPRecipe:
 
     def _decide(self) -> None:
         p = self.progress
-        val_accuracy = self.evaluate(self.val_split)[0]
+        val_accuracy = self._validation_accuracy()
         p.val_accuracy = val_accuracy
         before = self.model.widths
         phase_before = self.schedule.phase
+        all_reduce_mean_(list(self.tracker.buffers.values()), self.world)
         decision = self.schedule.decide(p.step, before, self.tracker.scores(), val_accuracy)
+        if self.world.distributed:
+            change = decision.change
+            groups = {k: (c.index, c.new) for k, c in change.groups.items()} if change else None
+            verify_identical(
+                [p.step, before, self.schedule.phase, groups], f"the decision at step {p.step}", self.world
+            )
         if decision.change is not None:
             self._apply(decision.change, before)
         for event in decision.events:
@@ -329,6 +363,12 @@ class CGaPRecipe:
 
     def _apply(self, change: WidthChange, before: dict[str, int]) -> None:
         r, p = self.recipe, self.progress
+        if self.world.distributed:
+            # DDP's reducer keeps each parameter's gradient accumulator alive, with the old shape baked in:
+            # the old wrapper must be gone before surgery, or the next backward fails on the stale shapes.
+            self.compiled.raw = self.model
+            self.compiled.invalidate("before surgery")
+            gc.collect()
         apply_width_change(
             self.model,
             change,
@@ -358,6 +398,8 @@ class CGaPRecipe:
         counts = self.progress.change_counts
         counts[kind] = counts.get(kind, 0) + 1
         noun = "growth" if kind == "grow" else "pruning"
+        if self.world.distributed:  # DDP's buckets hold the old shapes: wrap the changed module afresh
+            self.compiled.raw = self._wrap()
         self.compiled.invalidate(f"after {noun} step {counts[kind]}", self._steps_until_next_change())
 
     def _steps_until_next_change(self) -> int:
@@ -372,6 +414,13 @@ class CGaPRecipe:
         self.progress.trajectory.append(
             {"step": self.progress.step, "params": self.params, "widths": self.model.widths}
         )
+
+    def _validation_accuracy(self) -> float:
+        """Validation accuracy that every rank agrees on (rank 0's BN statistics and result)."""
+        if self.world.distributed:
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+        return broadcast_value(self.evaluate(self.val_split)[0], self.world)
 
     @torch.no_grad()
     def evaluate(self, split) -> tuple[float, float]:
@@ -396,6 +445,8 @@ class CGaPRecipe:
     # ------------------------------------------------------------------------------------------ saving
 
     def save_checkpoint(self) -> None:
+        if not self.world.is_main:
+            return
         p = self.progress
         state = {
             "format": 1,
@@ -408,7 +459,10 @@ class CGaPRecipe:
             "schedule": self.schedule.state_dict(),
             "progress": {k: getattr(p, k) for k in p.__dataclass_fields__},
             "compile": self.compiled.state(),
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            },
         }
         atomic_save(state, self.out_dir / "checkpoint.pt")
         self.telemetry.log_event({"event": "checkpoint", "step": p.step, "path": str(self.out_dir / "checkpoint.pt")})
@@ -425,6 +479,8 @@ class CGaPRecipe:
         self.schedule.load_state_dict(dict(state["schedule"]))
         self.progress = Progress(**state["progress"])
         torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self._restored_compile = state.get("compile", {})
 
     def finish(self) -> dict[str, Any]:
@@ -437,7 +493,8 @@ class CGaPRecipe:
             "mean": list(self.data.mean),
             "std": list(self.data.std),
         }
-        atomic_save(model_file, self.out_dir / "model.pt")
+        if self.world.is_main:
+            atomic_save(model_file, self.out_dir / "model.pt")
         prior = getattr(self, "_restored_compile", {})
         summary = {
             "recipe": self.recipe_name,
@@ -471,8 +528,13 @@ class CGaPRecipe:
             "steps": p.step,
             "epochs": self.recipe.train.epochs,
             "device": str(self.device),
-            "world_size": 1,
+            "world_size": self.world.size,
         }
+        if self.world.distributed:
+            verify_identical([self.model.widths, summary["train_macs"]], "the final model", self.world)
+            print(f"[rank {self.world.rank}] final widths {json.dumps(self.model.widths)}", file=sys.stderr)
+        if not self.world.is_main:
+            return summary
         atomic_write_text(json.dumps(summary, indent=2) + "\n", self.out_dir / "summary.json")
         self.telemetry.log_event(
             {
@@ -495,3 +557,4 @@ class CGaPRecipe:
         telemetry = getattr(self, "telemetry", None)
         if telemetry is not None:
             telemetry.close()
+        shutdown()

@@ -1,0 +1,104 @@
+"""Several processes (gloo, CPU) through the real torchrun: structural changes in lock-step."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from cli_runner import QUICK, ROOT, SHORT
+
+from cgap_triton.distributed import RankDisagreement, World, verify_identical
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_grow_and_prune_in_lock_step(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "cgap_triton",
+        "recipe",
+        QUICK,
+        *SHORT,
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["growth_steps"] >= 1 and summary["pruning_steps"] >= 1
+    finals = dict(re.findall(r"\[rank (\d)\] final widths (\{.*\})", result.stderr))
+    assert set(finals) == {"0", "1"}
+    assert json.loads(finals["0"]) == json.loads(finals["1"]) == summary["widths"]
+    assert result.stdout.count("test accuracy") == 1  # only rank 0 talks to the user
+
+
+def _disagree(rank: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        verify_identical({"conv1": [8, 12]}, "an agreeing decision", World(rank, 2))
+        try:
+            verify_identical({"conv1": [8, 12 + rank]}, "the decision at step 7", World(rank, 2))
+            queue.put((rank, "no error"))
+        except RankDisagreement as err:
+            queue.put((rank, str(err)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_disagreement_between_ranks_is_caught_on_every_rank():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_disagree, args=(rank, port, queue)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert set(results) == {0, 1}
+    for message in results.values():
+        assert "ranks disagree on the decision at step 7" in message, message
+
+
+@pytest.mark.parametrize("batch", [33])
+def test_global_batch_must_split_over_ranks(tmp_path, batch):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "cgap_triton",
+        "recipe",
+        QUICK,
+        f"data.batch_size={batch}",
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert result.returncode != 0
+    assert "must divide evenly over 2 ranks" in result.stderr
