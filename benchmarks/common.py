@@ -192,6 +192,13 @@ def write_results(
         + "\n\n"
     )
     body = markdown_table(rows, columns)
+    notes = list(notes)
+    loads = [x for x in (env["load_average_1m"], env["load_average_1m_end"]) if x is not None]
+    if not env["gpu"] and loads and max(loads) > (env["cpu_count"] or 1):
+        notes.append(
+            f"The load average reached {max(loads)} on {env['cpu_count']} cores while this was measured: other work "
+            "shared the CPU, so these timings are inflated and noisy; counts (MACs, params) are unaffected."
+        )
     tail = "".join(f"\n- {note}" for note in notes)
     paths[2].write_text(header + body + ("\n" + tail if tail else "") + "\n")
     return paths
