@@ -44,13 +44,21 @@ def test_metrics_have_a_line_per_logged_step_and_per_change(short_run):
 
 def test_model_pt_rebuilds_the_compact_model(short_run):
     out, _ = short_run
-    from cgap_triton.models import ModelSpec, build_model, count_params
+    from cgap_triton import load_model
+    from cgap_triton.data import Batches, load_dataset
+    from cgap_triton.models import count_params
+    from cgap_triton.recipe import load_recipe
 
-    saved = torch.load(out / "model.pt", weights_only=True)
-    model = build_model(ModelSpec.from_dict(saved["spec"]), saved["widths"])
-    model.load_state_dict(saved["state_dict"])
+    model = load_model(out / "model.pt")
     summary = json.loads((out / "summary.json").read_text())
     assert count_params(model) == summary["params"] and model.widths == summary["widths"]
+    saved = torch.load(out / "model.pt", weights_only=True)
+    data = load_dataset(load_recipe(out / "recipe.toml").data)
+    correct = 0
+    with torch.no_grad():
+        for x, y in Batches(data.test, 100, tuple(saved["mean"]), tuple(saved["std"])):
+            correct += int((model(x).argmax(1) == y).sum())
+    assert correct / len(data.test) == pytest.approx(summary["test_accuracy"])  # the reported model, reloaded
 
 
 def test_resolved_recipe_is_saved_and_printable(short_run, tmp_path):
