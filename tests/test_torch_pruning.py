@@ -146,6 +146,23 @@ def test_taylor_accumulates_batches_in_the_kernel(accumulation):
         torch.testing.assert_close(scores[name], expected, rtol=1e-5, atol=1e-9)
 
 
+def test_taylor_accumulation_restarts_after_pruning():
+    model = vgg()
+    importance = KernelImportance("taylor")
+    pruner = pruner_for(model, importance)
+    backward_on_batch(model)
+    importance.accumulate(model)
+    prune_step(pruner)
+    backward_on_batch(model, seed=1)
+    conv = model.features.conv1.conv
+    group = pruner.DG.get_pruning_group(conv, tp.prune_conv_out_channels, list(range(conv.out_channels)))
+    with pytest.warns(UserWarning, match="pruned"):
+        stale = importance(group)  # sums of the unpruned model cannot score the pruned one
+    assert stale.shape == (conv.out_channels,)
+    importance.accumulate(model)
+    assert importance.batches == 1
+
+
 def test_taylor_differs_from_torch_pruning_only_by_batchnorm():
     model = resnet18()
     pruner = pruner_for(model, KernelImportance("taylor"))
@@ -173,6 +190,8 @@ def test_taylor_needs_gradients():
     group = pruner.DG.get_pruning_group(conv, tp.prune_conv_out_channels, list(range(conv.out_channels)))
     with pytest.raises(ValueError, match="backward"):
         KernelImportance("taylor")(group)
+    with pytest.raises(ValueError, match="backward"):
+        KernelImportance("taylor").accumulate(model)
     with pytest.raises(ValueError, match="criterion"):
         KernelImportance("l3")
     with pytest.raises(ValueError, match="normalizer"):

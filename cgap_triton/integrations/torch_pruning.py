@@ -134,6 +134,8 @@ class KernelImportance(tp.importance.Importance):
         if self.criterion != "taylor":
             raise ValueError(f"accumulate: only the 'taylor' criterion uses gradients; this one is {self.criterion!r}")
         entries = self._entries(model, with_grads=True)
+        if not entries:
+            raise ValueError("accumulate: no weight of the target types has a gradient; call loss.backward() first")
         key = _identity_key(entries, versions=False)
         if not _same_key(key, self._sums_key):
             self._sums = {
