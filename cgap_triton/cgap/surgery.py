@@ -33,6 +33,7 @@ def apply_width_change(
     init: str = "copy_zero_out",
     noise: float = 0.0,
     seed: int = 0,
+    impl: str = "auto",
 ) -> None:
     """Rewrite every group of ``change`` in ``model`` (and ``optimizer`` state, ``saliency`` buffers).
 
@@ -43,6 +44,7 @@ def apply_width_change(
       - ``random_zero_out``: new filters are Kaiming-normal, BN γ = 1, β = 0; outgoing columns zero.
     A child starts with half its parent's saliency and the parent keeps the other half. New units'
     optimizer state is zero. Pruning maps keep the listed units and carry everything else over.
+    ``impl`` picks the gather implementation (see ``cgap_triton.kernels``).
     """
     if init not in INITS:
         raise ValueError(f"init: expected one of {INITS}, got {init!r}")
@@ -52,11 +54,13 @@ def apply_width_change(
     for k, (name, group_change) in enumerate(change.groups.items()):
         if name not in groups:
             raise ValueError(f"change: unknown group {name!r}; the model's groups are {list(groups)}")
-        _apply_group(model, groups[name], group_change, change.kind, optimizer, saliency, init, noise, seed + 7919 * k)
+        _apply_group(
+            model, groups[name], group_change, change.kind, optimizer, saliency, init, noise, seed + 7919 * k, impl
+        )
     model.sync_shapes()
 
 
-def _apply_group(model, group, change: GroupChange, kind, optimizer, saliency, init, noise, seed) -> None:
+def _apply_group(model, group, change: GroupChange, kind, optimizer, saliency, init, noise, seed, impl) -> None:
     device = model.get_parameter(group.saliency).device
     index, new = change.index.to(device), change.new.to(device)
     old = new.logical_not().float()
@@ -107,7 +111,7 @@ def _apply_group(model, group, change: GroupChange, kind, optimizer, saliency, i
 
     if init == "random_zero_out" and growing:
         index = torch.where(new, torch.full_like(index, -1), index)
-    results = gather_channels_many(tensors, dims, index, scales=scales, noise_stds=stds, seed=seed)
+    results = gather_channels_many(tensors, dims, index, scales=scales, noise_stds=stds, seed=seed, impl=impl)
 
     for target, result in zip(targets, results):
         if target[0] == "tensor":
