@@ -19,6 +19,8 @@ then) less the typical step time measured around it.
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -47,8 +49,10 @@ class CompiledModel:
         self.compilations = 0
         self.compile_seconds = 0.0
         self.fallbacks = 0
-        self.eager_step: float | None = None  # running means of step times, seconds
-        self.compiled_step: float | None = None
+        # Recent step times, seconds; medians are robust to the slow first step after a change or a
+        # decision's evaluation.
+        self._eager_times: deque[float] = deque(maxlen=32)
+        self._compiled_times: deque[float] = deque(maxlen=32)
         self._reason = "at start"
         self._first_compiled_step = False
         self._counts = _dynamo_counts()
@@ -73,14 +77,14 @@ class CompiledModel:
     def step_finished(self, seconds: float, step: int) -> None:
         """Account one full training step (forward, backward, update) that took ``seconds``."""
         if not self.use_compiled:
-            self.eager_step = _mean(self.eager_step, seconds)
+            self._eager_times.append(seconds)
             if self._probe:
                 self._probe -= 1
                 if self._probe == 0:
                     self.use_compiled = True  # probe done: the first phase compiles, and is measured
             return
         if not self._first_compiled_step:
-            self.compiled_step = _mean(self.compiled_step, seconds)
+            self._compiled_times.append(seconds)
             return
         self._first_compiled_step = False
         typical = self.compiled_step if self.compiled_step is not None else (self.eager_step or 0.0)
@@ -138,6 +142,14 @@ class CompiledModel:
         gain = self.eager_step - self.compiled_step
         return gain > 0 and gain * steps > self.compile_seconds / self.compilations
 
+    @property
+    def eager_step(self) -> float | None:
+        return statistics.median(self._eager_times) if self._eager_times else None
+
+    @property
+    def compiled_step(self) -> float | None:
+        return statistics.median(self._compiled_times) if self._compiled_times else None
+
     def state(self) -> dict[str, Any]:
         return {
             "compilations": self.compilations,
@@ -145,7 +157,3 @@ class CompiledModel:
             "fallbacks": self.fallbacks,
             "compiled": self.active,
         }
-
-
-def _mean(current: float | None, value: float, weight: float = 0.2) -> float:
-    return value if current is None else (1 - weight) * current + weight * value

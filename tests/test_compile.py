@@ -100,7 +100,14 @@ def test_policy_never_and_auto(tmp_path):
     never(torch.randn(2, 3, 8, 8))
     assert never.compiled is None
     auto = CompiledModel(build_model(SPEC), CompileConfig(enabled=True, policy="auto"), lambda e: None)
-    auto.eager_step, auto.compiled_step, auto.compilations, auto.compile_seconds, auto._probe = 1.0, 0.5, 1, 10.0, 0
+    for _ in range(auto._probe):  # the first steps run eager, and are measured
+        assert not auto.use_compiled
+        auto.step_finished(1.0, 0)
+    assert auto.use_compiled and auto.eager_step == 1.0
+    auto._compiled_times.extend([0.5, 0.5, 0.5])
+    auto.compilations, auto.compile_seconds = 1, 10.0
     assert auto.pays_back(25) and not auto.pays_back(15)  # 0.5 s gained per step against 10 s per compile
-    auto.compiled_step = 1.2
+    auto.invalidate("after growth step 1", steps_until_next_change=15)
+    assert not auto.use_compiled  # too short a phase: run it eager
+    auto._compiled_times.extend([1.2] * 8)
     assert not auto.pays_back(10_000)  # compiled is slower: never worth it
