@@ -1,4 +1,4 @@
-"""Reading run folders: the growth curve (growth.png) and summary tables."""
+"""Reading run folders: the growth curve (growth.png) and summary tables, one column per run."""
 
 from __future__ import annotations
 
@@ -9,95 +9,308 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-PHASE_COLOURS = {"grow": "#d9f0d3", "stabilize": "#fff2cc", "prune": "#f8d7da", "finetune": "#dbe9f6"}
+PHASES = ("seed", "grow", "stabilize", "prune", "finetune")
+PHASE_LABELS = {"seed": "seed", "grow": "grow", "stabilize": "stabilise", "prune": "prune", "finetune": "fine-tune"}
+PHASE_COLOURS = {
+    "seed": "#e6e6e6",
+    "grow": "#d9f0d3",
+    "stabilize": "#fff2cc",
+    "prune": "#f8d7da",
+    "finetune": "#dbe9f6",
+}
 
 
-def plot_growth(run_dir: Path, trajectory: list[dict], phases: list[dict], widths_full: dict[str, int]) -> Path:
-    """growth.png: total params over training with phase spans shaded; each group's width as a fraction
-    of its full width (heatmap, one row per group)."""
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl (empty when there is none); a torn last line (killed run) is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _phase_spans(phases: list[dict], end: int) -> list[tuple[str, int, int]]:
+    """(phase, first step, last step) for each phase, the first one inferred when no event marks it."""
+    phases = sorted(phases, key=lambda p: p["step"])
+    if not phases or phases[0]["step"] > 0:
+        first = phases[0].get("from") if phases else None
+        if first is None:
+            after = phases[0]["phase"] if phases else "grow"
+            first = PHASES[max(0, PHASES.index(after) - 1)] if after in PHASES else "seed"
+        phases = [{"step": 0, "phase": first}] + phases
+    bounds = phases + [{"step": end, "phase": "end"}]
+    return [(a["phase"], a["step"], b["step"]) for a, b in zip(bounds, bounds[1:]) if b["step"] > a["step"]]
+
+
+def _count(value: float, _position=None) -> str:
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            return f"{value / limit:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
+def plot_growth(
+    run_dir: Path,
+    trajectory: list[dict],
+    phases: list[dict],
+    widths_full: dict[str, int],
+    *,
+    summary: dict[str, Any] | None = None,
+    accuracy: list[tuple[int, float]] | None = None,
+) -> Path:
+    """Write growth.png in ``run_dir``: total params over training with the phases shaded and named, the
+    seed, full and peak sizes marked and validation accuracy on a second axis; below, each group's width
+    as a fraction of its full width (one heatmap row per group), on the same step axis.
+
+    ``trajectory`` holds ``{"step", "params", "widths"}`` at the start and after each structural change,
+    ``phases`` ``{"step", "phase"}`` at each phase change. What they do not carry (the run's length, the
+    seed and full sizes, the validation accuracy) comes from ``summary`` and ``accuracy``, or, when those
+    are not given, from the run folder's summary.json and metrics.jsonl.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FuncFormatter
 
+    run_dir = Path(run_dir)
+    if not trajectory:
+        raise ValueError(f"{run_dir}: no trajectory to plot (no start, grow or prune records)")
+    if summary is None:
+        path = run_dir / "summary.json"
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+    if accuracy is None:
+        accuracy = [(r["step"], r["val_accuracy"]) for r in read_metrics(run_dir) if r.get("event") == "eval"]
     steps = [t["step"] for t in trajectory]
-    end = max(steps[-1] if steps else 1, phases[-1]["step"] if phases else 1, 1)
+    end = max(summary.get("steps", 0), steps[-1], *(p["step"] for p in phases), 1)
     groups = list(widths_full)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6.5), height_ratios=[1, 1.3], sharex=True)
-    ax1.step(
-        steps + [end],
-        [t["params"] for t in trajectory] + [trajectory[-1]["params"]],
-        where="post",
-        color="#1f4e79",
-        lw=2,
-    )
-    bounds = phases + [{"step": end, "phase": "end"}]
-    for a, b in zip(bounds, bounds[1:]):
-        ax1.axvspan(a["step"], b["step"], color=PHASE_COLOURS.get(a["phase"], "#eeeeee"), alpha=0.8, lw=0)
+
+    fig = plt.figure(figsize=(10, 4.2 + min(5.5, 0.16 * len(groups))), layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=[1, 0.022], height_ratios=[1, min(1.6, 0.35 + 0.12 * len(groups))])
+    ax1 = fig.add_subplot(grid[0, 0])
+    ax2 = fig.add_subplot(grid[1, 0], sharex=ax1)
+    colour_axis = fig.add_subplot(grid[1, 1])
+
+    params = [t["params"] for t in trajectory]
+    ax1.step(steps + [end], params + [params[-1]], where="post", color="#1f4e79", lw=2, label="parameters", zorder=3)
+    for phase, a, b in _phase_spans(phases, end):
+        ax1.axvspan(a, b, color=PHASE_COLOURS.get(phase, "#eeeeee"), lw=0, zorder=0)
+        if a > 0:
+            for ax in (ax1, ax2):
+                ax.axvline(a, color="#555555" if ax is ax1 else "white", lw=0.8, ls="--", zorder=1)
+        narrow = (b - a) / end < 0.07
         ax1.text(
-            (a["step"] + b["step"]) / 2,
-            1.0,
-            a["phase"],
+            (a + b) / 2,
+            0.97,
+            PHASE_LABELS.get(phase, phase),
             transform=ax1.get_xaxis_transform(),
             ha="center",
-            va="bottom",
-            fontsize=8,
+            va="top",
+            rotation=90 if narrow else 0,
+            fontsize=9,
+            fontweight="bold",
+            color="#333333",
+            zorder=4,
         )
+    marks = [("full model", summary.get("params_full"), "#7f7f7f"), ("seed", summary.get("params_seed"), "#2e8b57")]
+    for label, value, colour in marks:
+        if value:
+            ax1.axhline(value, color=colour, lw=1, ls=":", zorder=2)
+            ax1.annotate(
+                f"{label} {value:,}",
+                (1, value),
+                xycoords=("axes fraction", "data"),
+                xytext=(-4, 2),
+                textcoords="offset points",
+                fontsize=8,
+                color=colour,
+                ha="right",
+                va="bottom",
+            )
+    peak_index = int(np.argmax(params))
+    ax1.plot(steps[peak_index], params[peak_index], "o", color="#c0392b", ms=5, zorder=4)
+    ax1.annotate(
+        f"peak {params[peak_index]:,}",
+        (steps[peak_index], params[peak_index]),
+        xytext=(4, -12),
+        textcoords="offset points",
+        fontsize=8,
+        color="#c0392b",
+    )
+    ax1.annotate(
+        f"final {params[-1]:,}",
+        (end, params[-1]),
+        xytext=(-4, 4),
+        textcoords="offset points",
+        ha="right",
+        fontsize=8,
+        color="#1f4e79",
+    )
+    # Headroom above the largest size (and above accuracy 1.0) keeps the phase names clear of the curves.
+    headroom = 1.3
+    top = max(params + [summary.get("params_full") or 0])
+    ax1.set_ylim(0, top * headroom)
+    ax1.set_xlim(0, end)
+    ax1.yaxis.set_major_formatter(FuncFormatter(_count))
     ax1.set_ylabel("parameters")
-    ax1.grid(alpha=0.3)
-    grid = np.full((len(groups), len(steps)), np.nan)
-    for j, t in enumerate(trajectory):
-        for i, g in enumerate(groups):
-            grid[i, j] = t["widths"][g] / widths_full[g]
+    ax1.grid(alpha=0.3, zorder=0)
+    ax1.tick_params(labelbottom=False)
+    if summary.get("steps") and summary.get("epochs"):
+        per_epoch = summary["steps"] / summary["epochs"]
+        epochs = ax1.secondary_xaxis("top", functions=(lambda s: s / per_epoch, lambda e: e * per_epoch))
+        epochs.set_xlabel("epoch", fontsize=9)
+    if accuracy:
+        acc_axis = ax1.twinx()
+        acc_steps, acc_values = zip(*accuracy)
+        acc_axis.plot(acc_steps, acc_values, color="#d4760a", lw=1.2, marker=".", ms=4, label="val accuracy")
+        acc_axis.set_ylim(0, 1.22)
+        acc_axis.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+        acc_axis.set_ylabel("validation accuracy", color="#d4760a")
+        acc_axis.tick_params(axis="y", colors="#d4760a")
+        handles = ax1.get_legend_handles_labels()[0] + acc_axis.get_legend_handles_labels()[0]
+        acc_axis.legend(handles=handles, loc="center right", fontsize=8, framealpha=0.9)
+
+    fractions = np.array([[t["widths"].get(g, np.nan) / widths_full[g] for t in trajectory] for g in groups])
     edges = steps + [end]
-    mesh = ax2.pcolormesh(edges, np.arange(len(groups) + 1), grid, cmap="viridis", vmin=0, vmax=1, shading="flat")
-    ax2.set_yticks(np.arange(len(groups)) + 0.5, groups, fontsize=7 if len(groups) < 24 else 4)
-    ax2.invert_yaxis()
+    mesh = ax2.pcolormesh(edges, np.arange(len(groups) + 1), fractions, cmap="viridis", vmin=0, vmax=1)
+    # Widths in the cells where they fit: a reader can then check the heatmap against the summary.
+    if len(groups) * len(steps) <= 240:
+        for i, g in enumerate(groups):
+            for j, t in enumerate(trajectory):
+                if (edges[j + 1] - edges[j]) / end > 0.035:
+                    ax2.text(
+                        (edges[j] + edges[j + 1]) / 2,
+                        i + 0.5,
+                        str(t["widths"].get(g, "")),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="black" if fractions[i, j] > 0.6 else "white",
+                    )
+    every = max(1, len(groups) // 30)
+    ticks = np.arange(0, len(groups), every)
+    ax2.set_yticks(ticks + 0.5, [f"{groups[i]} ({widths_full[groups[i]]})" for i in ticks], fontsize=7)
+    ax2.set_ylim(len(groups), 0)
     ax2.set_xlabel("training step")
-    fig.colorbar(mesh, ax=ax2, label="width / full width", fraction=0.03)
-    fig.suptitle(f"{Path(run_dir).name}: network size over training")
-    fig.tight_layout()
-    out = Path(run_dir) / "growth.png"
+    ax2.set_ylabel("group (full width)")
+    colour_bar = fig.colorbar(mesh, cax=colour_axis)
+    colour_bar.set_label("width / full width")
+    seed = summary.get("widths_seed")
+    if seed:
+        fraction = float(np.median([seed[g] / widths_full[g] for g in groups if g in seed]))
+        colour_bar.ax.axhline(fraction, color="white", lw=1.5)
+        colour_bar.set_ticks(sorted({0.0, 0.5, 1.0, round(fraction, 2)}))
+        colour_bar.ax.set_yticklabels(
+            [f"{t:g} seed" if abs(t - round(fraction, 2)) < 1e-9 else f"{t:g}" for t in colour_bar.get_ticks()]
+        )
+    fig.add_subplot(grid[0, 1]).axis("off")
+    name = summary.get("recipe", run_dir.name)
+    fig.suptitle(f"{run_dir.name} ({name}): network size over training", fontsize=11)
+    out = run_dir / "growth.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
 
 
+def trajectory_from_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The growth curve's trajectory and phase changes, rebuilt from metrics.jsonl."""
+    trajectory, phases = [], []
+    for r in read_metrics(run_dir):
+        if r.get("event") in ("start", "grow", "prune"):
+            trajectory.append({"step": r["step"], "params": r["params"], "widths": r["widths"]})
+        elif r.get("event") == "phase":
+            phases.append({"step": r["step"], "phase": r["to"], "from": r["from"]})
+    return trajectory, phases
+
+
 def load_summary(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "summary.json"
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no summary.json (the run has not finished)")
+        raise FileNotFoundError(f"{run_dir}: no summary.json (the run has not finished; resume it with --resume)")
     return json.loads(path.read_text())
 
 
+def _names(run_dirs: list[Path]) -> list[str]:
+    """Column names: folder names, or longer paths where two runs share a folder name."""
+    names = [Path(d).name for d in run_dirs]
+    if len(set(names)) < len(names):
+        names = [str(d) for d in run_dirs]
+    return names
+
+
 def summary_table(runs: dict[str, dict[str, Any]]) -> Table:
-    """One column per run: accuracy, size, reductions, training cost, per-group widths full → final."""
+    """One column per run: accuracy, size, reductions, training cost, per-group widths full → final.
+    With several runs the best test accuracy and the smallest model are in bold."""
     table = Table(title="cgap_triton runs", show_lines=False)
     table.add_column("", style="bold")
     for name in runs:
         table.add_column(name, justify="right")
+
+    def ratio(s: dict) -> str:
+        return f"{s['train_macs'] / max(1, s['train_macs_dense']):.2f}"
+
     rows = [
-        ("test accuracy", lambda s: f"{s['test_accuracy']:.4f}"),
-        ("params", lambda s: f"{s['params']:,}"),
-        ("params reduction", lambda s: f"{s['params_reduction']:.1%}"),
-        ("MACs", lambda s: f"{s['macs']:,}"),
-        ("MACs reduction", lambda s: f"{s['macs_reduction']:.1%}"),
-        ("peak params", lambda s: f"{s['peak_params']:,}"),
-        ("train MACs / dense", lambda s: f"{s['train_macs'] / max(1, s['train_macs_dense']):.2f}"),
-        ("structural changes", lambda s: str(s["structural_changes"])),
-        ("wall seconds", lambda s: f"{s['wall_seconds']:.1f}"),
-        ("compiles", lambda s: f"{s['recompiles']} ({s['compile_seconds']:.1f}s)"),
+        ("recipe", lambda s: str(s["recipe"]), None),
+        ("data", lambda s: str(s["data"]) + (" (synthetic)" if s.get("synthetic_data") else ""), None),
+        ("test accuracy", lambda s: f"{s['test_accuracy']:.2%}", lambda s: -s["test_accuracy"]),
+        ("params", lambda s: f"{s['params']:,}", lambda s: s["params"]),
+        ("params reduction", lambda s: f"{s['params_reduction']:.1%}", None),
+        ("MACs", lambda s: f"{s['macs']:,}", lambda s: s["macs"]),
+        ("MACs reduction", lambda s: f"{s['macs_reduction']:.1%}", None),
+        ("full model params", lambda s: f"{s['params_full']:,}", None),
+        ("peak params", lambda s: f"{s['peak_params']:,}", None),
+        ("train MACs / dense", ratio, None),
+        ("structural changes", lambda s: str(s["structural_changes"]), None),
+        ("wall seconds", lambda s: f"{s['wall_seconds']:.1f}", None),
+        ("compiles", lambda s: f"{s['recompiles']} ({s['compile_seconds']:.1f}s)", None),
     ]
-    for label, fmt in rows:
-        table.add_row(label, *[fmt(s) for s in runs.values()])
-    groups = list(next(iter(runs.values()))["widths_full"])
+    summaries = list(runs.values())
+    for label, fmt, best_key in rows:
+        cells, values = [], []
+        for s in summaries:
+            try:
+                cells.append(fmt(s))
+                values.append(best_key(s) if best_key else None)
+            except (KeyError, TypeError):  # a summary from an older version lacks the field
+                cells.append("-")
+                values.append(None)
+        if best_key and len(summaries) > 1 and any(v is not None for v in values):
+            best = min(v for v in values if v is not None)
+            cells = [f"[bold green]{c}[/]" if v == best else c for c, v in zip(cells, values)]
+        table.add_row(label, *cells)
+    groups: list[str] = []
+    for s in summaries:
+        groups += [g for g in s.get("widths_full", {}) if g not in groups]
+    if groups:
+        table.add_section()
+        table.add_row("widths: full → final", *[""] * len(summaries), style="grey62")
     for g in groups:
-        table.add_row(f"  {g}", *[f"{s['widths_full'].get(g, '-')} → {s['widths'].get(g, '-')}" for s in runs.values()])
+        cells = []
+        for s in summaries:
+            full, final = s.get("widths_full", {}).get(g), s.get("widths", {}).get(g)
+            cells.append("-" if full is None else f"{full} → {final}")
+        table.add_row(f"  {g}", *cells)
     return table
 
 
 def print_report(run_dirs: list[Path], console: Console | None = None) -> None:
+    """Print the runs' summaries side by side (raises FileNotFoundError naming a folder without one)."""
     console = console or Console()
-    runs = {Path(d).name: load_summary(d) for d in run_dirs}
-    console.print(summary_table(runs))
+    summaries = [load_summary(d) for d in run_dirs]
+    console.print(summary_table(dict(zip(_names(run_dirs), summaries))))
+
+
+def regenerate_growth(run_dir: Path) -> Path | None:
+    """Redraw growth.png from the run folder alone; None when metrics.jsonl has no trajectory."""
+    trajectory, phases = trajectory_from_metrics(run_dir)
+    if not trajectory:
+        return None
+    return plot_growth(run_dir, trajectory, phases, load_summary(run_dir)["widths_full"])

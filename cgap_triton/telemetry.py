@@ -84,8 +84,8 @@ class StdoutSink:
     def log_metrics(self, m: dict[str, Any]) -> None:
         self.stream.write(
             f"step {m['step']:>6} epoch {m['epoch']:>6.2f} phase {m['phase']:<9} loss {m['loss']:.4f} "
-            f"train_acc {m['train_accuracy']:.3f} lr {m['lr']:.4g} params {m['params']:,} "
-            f"img/s {m['images_per_second']:.0f}\n"
+            f"train_acc {m['train_accuracy']:.3f} val_acc {m['val_accuracy']:.3f} lr {m['lr']:.4g} "
+            f"params {m['params']:,} img/s {m['images_per_second']:.0f}\n"
         )
         self.stream.flush()
 
