@@ -63,6 +63,14 @@ class ModelSpec:
         return cls(d["arch"], d["num_classes"], d["in_channels"], d["image_size"], tuple(d["cfg"]))
 
 
+def conv_bn_group(name: str, conv_bn: str, consumer: str) -> ChannelGroup:
+    """The group of a ConvBN block's output channels, read by ``consumer`` (a weight, along dim 1)."""
+    producers = tuple(
+        (f"{conv_bn}.{t}", 0) for t in ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
+    )
+    return ChannelGroup(name, producers, ((consumer, 1),), saliency=f"{conv_bn}.conv.weight")
+
+
 class GrowableNet(nn.Module):
     """A CNN whose channel groups can change width; ``widths`` always matches the tensors."""
 
@@ -118,20 +126,7 @@ class VGG(GrowableNet):
         for i, name in enumerate(conv_names):
             base = f"features.{name}"
             consumer = f"features.{conv_names[i + 1]}.conv.weight" if i + 1 < len(conv_names) else "classifier.weight"
-            self.groups.append(
-                ChannelGroup(
-                    name=name,
-                    producers=(
-                        (f"{base}.conv.weight", 0),
-                        (f"{base}.bn.weight", 0),
-                        (f"{base}.bn.bias", 0),
-                        (f"{base}.bn.running_mean", 0),
-                        (f"{base}.bn.running_var", 0),
-                    ),
-                    consumers=((consumer, 1),),
-                    saliency=f"{base}.conv.weight",
-                )
-            )
+            self.groups.append(conv_bn_group(name, base, consumer))
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,20 +169,7 @@ class ResNetCifar(GrowableNet):
                 mid = (inner or {}).get(name, width)
                 blocks.append(BasicBlock(c_in, mid, width, 2 if (b == 0 and s > 0) else 1))
                 base = f"stages.{s}.{b}"
-                self.groups.append(
-                    ChannelGroup(
-                        name=name,
-                        producers=(
-                            (f"{base}.conv1.conv.weight", 0),
-                            (f"{base}.conv1.bn.weight", 0),
-                            (f"{base}.conv1.bn.bias", 0),
-                            (f"{base}.conv1.bn.running_mean", 0),
-                            (f"{base}.conv1.bn.running_var", 0),
-                        ),
-                        consumers=((f"{base}.conv2.conv.weight", 1),),
-                        saliency=f"{base}.conv1.conv.weight",
-                    )
-                )
+                self.groups.append(conv_bn_group(name, f"{base}.conv1", f"{base}.conv2.conv.weight"))
                 c_in = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)

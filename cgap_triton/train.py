@@ -534,7 +534,9 @@ class CGaPRecipe:
         }
         if self.world.distributed:
             verify_identical([self.model.widths, summary["train_macs"]], "the final model", self.world)
-            print(f"[rank {self.world.rank}] final widths {json.dumps(self.model.widths)}", file=sys.stderr)
+            # One write per line: the ranks share the terminal, and print() would split line and newline.
+            sys.stderr.write(f"[rank {self.world.rank}] final widths {json.dumps(self.model.widths)}\n")
+            sys.stderr.flush()
         if not self.world.is_main:
             return summary
         atomic_write_text(json.dumps(summary, indent=2) + "\n", self.out_dir / "summary.json")

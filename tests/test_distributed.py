@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from cli_runner import QUICK, ROOT, SHORT
@@ -21,26 +20,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m cgap_triton ARGS`` on a free port, one thread per rank."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port())]
+    return subprocess.run(
+        [*cmd, "-m", "cgap_triton", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
+
+
 def test_two_ranks_grow_and_prune_in_lock_step(tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(free_port()),
-        "-m",
-        "cgap_triton",
-        "recipe",
-        QUICK,
-        *SHORT,
-        "--out",
-        str(out),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    result = torchrun("recipe", QUICK, *SHORT, "--out", str(out))
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
@@ -80,25 +71,7 @@ def test_a_disagreement_between_ranks_is_caught_on_every_rank():
         assert "ranks disagree on the decision at step 7" in message, message
 
 
-@pytest.mark.parametrize("batch", [33])
-def test_global_batch_must_split_over_ranks(tmp_path, batch):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(free_port()),
-        "-m",
-        "cgap_triton",
-        "recipe",
-        QUICK,
-        f"data.batch_size={batch}",
-        "--out",
-        str(tmp_path / "x"),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+def test_global_batch_must_split_over_ranks(tmp_path):
+    result = torchrun("recipe", QUICK, "data.batch_size=33", "--out", str(tmp_path / "x"), timeout=300)
     assert result.returncode != 0
     assert "must divide evenly over 2 ranks" in result.stderr
