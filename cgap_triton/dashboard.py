@@ -15,10 +15,11 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -84,6 +85,18 @@ def _spread(values: list[float] | None) -> str:
     if not values:
         return ""
     return " ".join(f"{v:4.2f}" if v < 10 else f"{v:4.0f}" for v in values)
+
+
+class _Lines:
+    """Lines already rendered to segments, drawn again as they are."""
+
+    def __init__(self, lines: list[list[Segment]]):
+        self.lines = lines
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions):
+        for line in self.lines:
+            yield from line
+            yield Segment.line()
 
 
 @dataclass
@@ -153,6 +166,9 @@ class Dashboard:
         self.view = View(events=deque(maxlen=events))
         self.view.history = {k: deque(maxlen=history) for k in self.SERIES}
         self._lock = threading.Lock()
+        self._version = 0  # updates received; the render thread re-lays out the body only when it moves
+        self._cached_key: tuple | None = None
+        self._cached_body: RenderableType | None = None
         self.live: Live | None = None
         if live:
             self.live = Live(
@@ -166,12 +182,11 @@ class Dashboard:
     # ------------------------------------------------------------------------------- sink protocol
 
     def log_metrics(self, m: dict[str, Any]) -> None:
-        now = time.monotonic()
         with self._lock:
+            self._version += 1
             v = self.view
-            if m["step"] > v.start_step and now > v.started:
-                v.steps_per_second = (m["step"] - v.start_step) / (now - v.started)
-            v.step, v.epoch, v.phase, v.logged_at = m["step"], m["epoch"], m["phase"], now
+            self._advance(m["step"])
+            v.phase = m["phase"]
             v.params, v.macs, v.peak_params = m["params"], m["macs"], m.get("peak_params", v.peak_params)
             self._set_widths(m["widths"])
             v.saliency_spread = m.get("saliency_spread") or v.saliency_spread
@@ -186,9 +201,12 @@ class Dashboard:
     def log_event(self, e: dict[str, Any]) -> None:
         kind = e.get("event")
         with self._lock:
+            self._version += 1
             v = self.view
             if kind in ("start", "resume"):
                 self._start(e)
+            elif isinstance(e.get("step"), int):  # events arrive between logged steps: keep the bars moving
+                self._advance(e["step"])
             if kind in STRUCTURAL:
                 v.events.append((e.get("step", v.step), kind, describe_event(e)))
             if kind in ("grow", "prune"):
@@ -239,6 +257,15 @@ class Dashboard:
         v.peak_params = max(v.peak_params, e["params"])
         self._set_widths(e["widths"])
 
+    def _advance(self, step: int) -> None:
+        v = self.view
+        now = time.monotonic()
+        if step < v.step:
+            return
+        if step > v.start_step and now > v.started:
+            v.steps_per_second = (step - v.start_step) / (now - v.started)
+        v.step, v.epoch, v.logged_at = step, step / v.steps_per_epoch, now
+
     def _set_widths(self, widths: dict[str, int]) -> None:
         v = self.view
         v.widths = widths
@@ -250,18 +277,30 @@ class Dashboard:
 
     def _render_snapshot(self) -> RenderableType:
         with self._lock:
-            view = self.view.snapshot()
-        return self.render(view)
+            view, version = self.view.snapshot(), self._version
+        return self.render(view, version)
 
-    def render(self, view: View | None = None) -> RenderableType:
-        """The whole dashboard for the console's current size."""
+    def render(self, view: View | None = None, version: int | None = None) -> RenderableType:
+        """The whole dashboard for the console's current size. With ``version`` (a count of the updates
+        received), everything below the header is laid out again only after an update: between updates
+        only the clock-driven header (elapsed time, ETA) changes, and the group table is the costly part."""
         if view is None:
             with self._lock:
                 view = self.view.snapshot()
         width, height = self.console.size
         # A short terminal keeps fewer event lines, leaving rows for the groups.
         view.events = deque(list(view.events)[-max(2, min(len(view.events), (height - 24) // 2)) :])
-        header = self._header(view)
+        key = (version, width, height)
+        if version is not None and key == self._cached_key:
+            return Group(self._header(view), self._cached_body)
+        body = self._body(view, width, height)
+        if version is not None:
+            lines = self.console.render_lines(body, self.console.options.update(width=width), pad=False)
+            self._cached_key, self._cached_body = key, _Lines(lines)
+            body = self._cached_body
+        return Group(self._header(view), body)
+
+    def _body(self, view: View, width: int, height: int) -> RenderableType:
         events = self._events(view)
         sizes, training = self._sizes(view), self._training(view, 22 if width >= 96 else 12)
         # Groups beside the numbers on a wide terminal; below them, the numbers side by side or stacked.
@@ -288,7 +327,7 @@ class Dashboard:
             body = Group(groups, numbers)
         else:
             body = Group(groups, sizes, training)
-        return Group(header, body, events)
+        return Group(body, events)
 
     def _header(self, v: View) -> Panel:
         now = time.monotonic()

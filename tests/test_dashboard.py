@@ -200,7 +200,7 @@ def test_refresh_is_bounded_and_logging_does_not_render():
     dashboard = Dashboard(refresh_per_second=10, console=console)
     renders = []
     draw = dashboard.render
-    dashboard.render = lambda view=None: renders.append(time.monotonic()) or draw(view)
+    dashboard.render = lambda *args: renders.append(time.monotonic()) or draw(*args)
     sequence = run_sequence(RESNET110_FULL)
     feed(dashboard, sequence[:1])
     metrics = [payload for kind, payload in sequence if kind == "metrics"]
@@ -219,6 +219,24 @@ def test_refresh_is_bounded_and_logging_does_not_render():
     assert 2 <= len(renders) <= 10 * elapsed + 3, (len(renders), calls, elapsed)
     assert spent / calls < 1e-3, f"log_metrics took {spent / calls * 1e6:.0f} µs on average"
     assert "s3b18" in console.file.getvalue()  # the final frame stays on screen
+
+
+def test_between_updates_only_the_header_is_drawn_again():
+    console = Console(file=io.StringIO(), force_terminal=True, width=160, height=50)
+    dashboard = Dashboard(console=console, live=False)
+    feed(dashboard, run_sequence(RESNET110_FULL))
+    layouts = []
+    lay_out = dashboard._body
+    dashboard._body = lambda *args: layouts.append(1) or lay_out(*args)
+    frames = []
+    for _ in range(3):
+        console.begin_capture()
+        console.print(dashboard._render_snapshot())
+        frames.append(console.end_capture())
+    assert len(layouts) == 1 and frames[0].count("s3b18") == frames[2].count("s3b18") == 1
+    feed(dashboard, run_sequence(RESNET110_FULL)[-1:])
+    console.print(dashboard._render_snapshot())
+    assert len(layouts) == 2
 
 
 def test_plain_lines_one_per_logged_step_and_per_event():
