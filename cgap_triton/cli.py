@@ -158,32 +158,14 @@ def _sweep(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import load_summary, plot_growth, print_report
+    from .report import print_report, regenerate_growth
 
     try:
         print_report([Path(d) for d in args.runs])
     except FileNotFoundError as err:
         return fail(str(err))
     for d in args.runs:
-        summary = load_summary(Path(d))
-        trajectory, phases = _trajectory(Path(d))
-        if trajectory:
-            plot_growth(Path(d), trajectory, phases, summary["widths_full"])
+        png = regenerate_growth(Path(d))
+        if png is not None:
+            print(f"growth curve: {png}")
     return 0
-
-
-def _trajectory(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Rebuild the growth curve from metrics.jsonl."""
-    import json
-
-    trajectory, phases = [], []
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return [], []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("event") in ("start", "grow", "prune"):
-            trajectory.append({"step": rec["step"], "params": rec["params"], "widths": rec["widths"]})
-        elif rec.get("event") == "phase":
-            phases.append({"step": rec["step"], "phase": rec["to"]})
-    return trajectory, phases
