@@ -149,7 +149,9 @@ def run_sweep(
             log(f"[{i}/{len(runs)}] {run.name}: failed: {entry['error']}")
         result["runs"].append(entry)
         result["aggregate"] = aggregate(result["runs"])
+        # A continued sweep's own time says little; the runs' summed time is the cost of the whole sweep.
         result["wall_seconds"] = time.perf_counter() - started
+        result["runs_wall_seconds"] = sum(r.get("wall_seconds", 0.0) for r in result["runs"])
         atomic_write_text(json.dumps(result, indent=2) + "\n", out / "sweep.json")
     atomic_write_text(markdown_table(result), out / "sweep.md")
     plot_sweep(result, out / "sweep.png")
