@@ -127,12 +127,12 @@ def capture_change(workload: Workload, kind: str, device: torch.device) -> list[
     calls = []
     original = surgery.gather_channels_many
 
-    def recording(tensors, dims, index, *, scales, noise_stds, seed):
+    def recording(tensors, dims, index, *, scales, noise_stds, seed, impl="auto"):
         # detach(): surgery reassigns each Parameter's .data in place, which would reshape a kept reference
         calls.append({"tensors": [t.detach() for t in tensors], "dims": list(dims), "index": index})
         calls[-1]["scales"] = list(scales)
         calls[-1].update(noise_stds=list(noise_stds), seed=seed)
-        return original(tensors, dims, index, scales=scales, noise_stds=noise_stds, seed=seed)
+        return original(tensors, dims, index, scales=scales, noise_stds=noise_stds, seed=seed, impl=impl)
 
     surgery.gather_channels_many = recording
     try:

@@ -97,4 +97,4 @@ def test_report_prints_runs_side_by_side(short_run):
     assert result.returncode == 0, result.stderr
     assert "test accuracy" in result.stdout and "conv1" in result.stdout
     missing = cli("report", str(out.parent / "nope"))
-    assert missing.returncode == 2 and "no summary.json" in missing.stderr
+    assert missing.returncode == 2 and "nope: no such run folder" in missing.stderr
