@@ -11,7 +11,10 @@ failed to compile (and so ran eager) is reported as a ``compile_fallback`` event
 - ``always`` compiles every phase; ``never`` runs eager;
 - ``auto`` compiles a phase only when its expected steps pay back the compile time: it measures the
   eager step time (the first steps of the run are eager), the compiled step time and the seconds each
-  compilation cost, and compiles when ``(eager − compiled) × steps > compile seconds``.
+  compilation cost, and compiles when ``(eager − compiled) × steps > compile seconds``. Until a
+  compilation has been measured it assumes an optimistic gain (``OPTIMISTIC_GAIN`` of the eager step)
+  and a typical compile time for the backend (``PRIOR_COMPILE_SECONDS``), so that a run whose phases
+  are all too short never pays for a compilation just to find that out.
 
 The compile time of a phase is the first compiled step's time (forward and backward graphs compile
 then) less the typical step time measured around it.
@@ -30,6 +33,9 @@ from torch import nn
 from .recipe import CompileConfig
 
 EAGER_PROBE_STEPS = 8  # eager steps measured at the start of a run under policy "auto"
+OPTIMISTIC_GAIN = 0.5  # before any measurement: compiled steps assumed to take half the eager time
+PRIOR_COMPILE_SECONDS = {"inductor": 20.0, "aot_eager": 2.0, "eager": 0.5}  # forward+backward, small CNNs
+DEFAULT_PRIOR_COMPILE_SECONDS = 10.0
 
 
 def _dynamo_counts() -> tuple[int, int, int]:
@@ -43,8 +49,14 @@ def _dynamo_counts() -> tuple[int, int, int]:
 class CompiledModel:
     """Calls the raw module through a compiled wrapper that is rebuilt after every structural change."""
 
-    def __init__(self, model: nn.Module, cfg: CompileConfig, log_event: Callable[[dict[str, Any]], None]):
-        self.raw, self.cfg, self.log_event = model, cfg, log_event
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: CompileConfig,
+        log_event: Callable[[dict[str, Any]], None],
+        steps_left: Callable[[], int | None] = lambda: None,
+    ):
+        self.raw, self.cfg, self.log_event, self.steps_left = model, cfg, log_event, steps_left
         self.compiled: Callable | None = None
         self.compilations = 0
         self.compile_seconds = 0.0
@@ -80,8 +92,8 @@ class CompiledModel:
             self._eager_times.append(seconds)
             if self._probe:
                 self._probe -= 1
-                if self._probe == 0:
-                    self.use_compiled = True  # probe done: the first phase compiles, and is measured
+                if self._probe == 0:  # probe done: does compiling the rest of this phase pay?
+                    self.use_compiled = self.pays_back(self.steps_left())
             return
         if not self._first_compiled_step:
             self._compiled_times.append(seconds)
@@ -133,14 +145,25 @@ class CompiledModel:
         if self.cfg.enabled and self.cfg.policy == "auto" and not self._probe:
             self.use_compiled = self.pays_back(steps_until_next_change)
 
+    def reconsider(self, steps: int | None) -> None:
+        """At a phase boundary without a structural change: under policy "auto", an eager run may start
+        compiling when the new phase is long enough (the compiled code of the same shapes is reused)."""
+        if self.cfg.enabled and self.cfg.policy == "auto" and not self._probe and not self.use_compiled:
+            self.use_compiled = self.pays_back(steps)
+
     def pays_back(self, steps: int | None) -> bool:
         """Whether compiling now is expected to save time over ``steps`` steps (policy "auto")."""
-        if steps is None:
+        if steps is None or self.eager_step is None:
             return True
-        if self.eager_step is None or self.compiled_step is None or not self.compilations:
-            return True  # nothing measured yet: compile, and measure
-        gain = self.eager_step - self.compiled_step
-        return gain > 0 and gain * steps > self.compile_seconds / self.compilations
+        if self.compiled_step is not None and self.compilations:
+            gain = self.eager_step - self.compiled_step
+        else:
+            gain = OPTIMISTIC_GAIN * self.eager_step
+        if self.compilations:
+            cost = self.compile_seconds / self.compilations
+        else:
+            cost = PRIOR_COMPILE_SECONDS.get(self.cfg.backend, DEFAULT_PRIOR_COMPILE_SECONDS)
+        return gain > 0 and gain * steps > cost
 
     @property
     def eager_step(self) -> float | None:

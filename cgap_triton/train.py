@@ -153,7 +153,12 @@ class CGaPRecipe:
             else:
                 sinks.append(StdoutSink())
         self.telemetry = Telemetry(sinks)
-        self.compiled = CompiledModel(self._wrap(), r.compile, self.telemetry.log_event)
+        self.compiled = CompiledModel(
+            self._wrap(),
+            r.compile,
+            self.telemetry.log_event,
+            steps_left=lambda: self.schedule.steps_until_next_change(self.progress.step),
+        )
         self.params, self.macs = self.sizes(self.model.widths)
         self.progress.peak_params = max(self.progress.peak_params, self.params)
         self.telemetry.log_event(
@@ -361,6 +366,8 @@ class CGaPRecipe:
             if event["event"] == "phase":
                 p.phases.append({"step": event["step"], "phase": event["to"]})
         if self.schedule.phase != phase_before:
+            if decision.change is None:
+                self.compiled.reconsider(self.schedule.steps_until_next_change(p.step))
             self.save_checkpoint()
 
     def _apply(self, change: WidthChange, before: dict[str, int]) -> None:
@@ -402,15 +409,9 @@ class CGaPRecipe:
         noun = "growth" if kind == "grow" else "pruning"
         if self.world.distributed:  # DDP's buckets hold the old shapes: wrap the changed module afresh
             self.compiled.raw = self._wrap()
-        self.compiled.invalidate(f"after {noun} step {counts[kind]}", self._steps_until_next_change())
-
-    def _steps_until_next_change(self) -> int:
-        s = self.schedule
-        if s.phase in ("seed", "grow"):
-            return s.grow_every
-        if s.phase == "prune":
-            return s.prune_every
-        return s.total_steps - self.progress.step
+        self.compiled.invalidate(
+            f"after {noun} step {counts[kind]}", self.schedule.steps_until_next_change(self.progress.step)
+        )
 
     def _record_trajectory(self) -> None:
         self.progress.trajectory.append(

@@ -111,3 +111,16 @@ def test_policy_never_and_auto(tmp_path):
     assert not auto.use_compiled  # too short a phase: run it eager
     auto._compiled_times.extend([1.2] * 8)
     assert not auto.pays_back(10_000)  # compiled is slower: never worth it
+
+
+def test_auto_never_pays_for_a_compilation_that_cannot_pay_back():
+    """Before any measurement, a phase too short for even an optimistic gain stays eager."""
+    steps_left = {"n": 50}
+    auto = CompiledModel(
+        build_model(SPEC), CompileConfig(enabled=True, policy="auto"), lambda e: None, lambda: steps_left["n"]
+    )
+    while auto._probe:
+        auto.step_finished(0.01, 0)  # 10 ms steps: 50 × 5 ms gained would not pay for a 20 s inductor compile
+    assert not auto.use_compiled
+    auto.reconsider(10_000)  # a long fine-tuning phase: 10,000 × 5 ms = 50 s > 20 s
+    assert auto.use_compiled

@@ -121,3 +121,15 @@ def test_state_dict_round_trip():
     t = make()
     t.load_state_dict(s.state_dict())
     assert t.phase == s.phase and t.changes == s.changes and t.growth_accuracy == s.growth_accuracy
+
+
+def test_steps_until_next_change_follows_the_phases():
+    s = make()  # 10 steps per epoch, 20 epochs; growth every 2 epochs until step 80
+    assert s.steps_until_next_change(0) == 20 and s.steps_until_next_change(35) == 5
+    assert s.steps_until_next_change(75) == 5  # grow.until comes first
+    s.phase, s.prune_start = "stabilize", 100
+    assert s.steps_until_next_change(90) == 10
+    s.phase = "prune"
+    assert s.steps_until_next_change(100) == 10 and s.steps_until_next_change(104) == 6
+    s.phase = "finetune"
+    assert s.steps_until_next_change(150) == 50

@@ -81,6 +81,18 @@ class Schedule:
             return (step - self.prune_start) % self.prune_every == 0
         return False
 
+    def steps_until_next_change(self, step: int) -> int:
+        """Steps from ``step`` to the next point where widths may change (the end of training at most)."""
+        if self.phase in ("seed", "grow"):
+            nxt = min(self.grow_until, (step // self.grow_every + 1) * self.grow_every)
+        elif self.phase == "stabilize":
+            nxt = self.prune_start
+        elif self.phase == "prune":
+            nxt = step + self.prune_every - (step - self.prune_start) % self.prune_every
+        else:
+            nxt = self.total_steps
+        return max(0, min(nxt, self.total_steps) - step)
+
     def reduction(self, widths: dict[str, int]) -> float:
         return 1.0 - self.params_of(widths) / self.params_full
 
