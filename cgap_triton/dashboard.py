@@ -23,10 +23,9 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from .telemetry import describe_event
+from .cgap.schedule import PHASES
+from .telemetry import PHASE_LABELS, describe_event
 
-PHASES = ("seed", "grow", "stabilize", "prune", "finetune")
-PHASE_LABELS = {"seed": "seed", "grow": "grow", "stabilize": "stabilise", "prune": "prune", "finetune": "fine-tune"}
 PHASE_STYLES = {
     "seed": "bold white on grey30",
     "grow": "bold black on green3",

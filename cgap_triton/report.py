@@ -9,8 +9,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-PHASES = ("seed", "grow", "stabilize", "prune", "finetune")
-PHASE_LABELS = {"seed": "seed", "grow": "grow", "stabilize": "stabilise", "prune": "prune", "finetune": "fine-tune"}
+from .cgap.schedule import PHASES
+from .telemetry import PHASE_LABELS
+
 PHASE_COLOURS = {
     "seed": "#e6e6e6",
     "grow": "#d9f0d3",

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+PHASE_LABELS = {"seed": "seed", "grow": "grow", "stabilize": "stabilise", "prune": "prune", "finetune": "fine-tune"}
+
 
 class Sink(Protocol):
     def log_metrics(self, metrics: dict[str, Any]) -> None: ...

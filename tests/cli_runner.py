@@ -41,3 +41,16 @@ def cli(*args, timeout=600):
     return subprocess.run(
         [sys.executable, "-m", "cgap_triton", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
     )
+
+
+# Three epochs through every phase: four growth steps, stabilise, six pruning steps, fine-tune.
+EVERY_PHASE = [
+    "train.epochs=3",
+    "cgap.grow.every=0.25",
+    "cgap.grow.rate=0.5",
+    "cgap.grow.until=0.45",
+    "cgap.stabilize=0.05",
+    "cgap.prune.every=0.25",
+    "train.log_every=10",
+    "checkpoint.every=3",
+]

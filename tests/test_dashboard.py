@@ -11,26 +11,15 @@ import subprocess
 import sys
 import termios
 import time
-from pathlib import Path
 
 import pytest
+from cli_runner import EVERY_PHASE as SHORT
+from cli_runner import QUICK, ROOT
 from rich.console import Console
 
 from cgap_triton.dashboard import Dashboard, sparkline, width_bar
 from cgap_triton.telemetry import StdoutSink
 
-ROOT = Path(__file__).resolve().parent.parent
-QUICK = str(ROOT / "recipes" / "quickstart.toml")
-SHORT = [
-    "train.epochs=3",
-    "cgap.grow.every=0.25",
-    "cgap.grow.rate=0.5",
-    "cgap.grow.until=0.45",
-    "cgap.stabilize=0.05",
-    "cgap.prune.every=0.25",
-    "train.log_every=10",
-    "checkpoint.every=3",
-]
 VGG_FULL = {"conv1": 32, "conv2": 32, "conv3": 64, "conv4": 64, "conv5": 128, "conv6": 128}
 RESNET110_FULL = {f"s{s}b{b}": w for s, w in ((1, 16), (2, 32), (3, 64)) for b in range(1, 19)}
 

@@ -10,22 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import EVERY_PHASE as TINY
+from cli_runner import QUICK, ROOT
 
 from cgap_triton.report import _phase_spans, trajectory_from_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
-QUICK = str(ROOT / "recipes" / "quickstart.toml")
-# Three epochs through every phase: four growth steps, stabilise, six pruning steps, fine-tune.
-TINY = [
-    "train.epochs=3",
-    "cgap.grow.every=0.25",
-    "cgap.grow.rate=0.5",
-    "cgap.grow.until=0.45",
-    "cgap.stabilize=0.05",
-    "cgap.prune.every=0.25",
-    "train.log_every=10",
-    "checkpoint.every=3",
-]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
