@@ -3,10 +3,13 @@
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from cli_runner import QUICK, ROOT, SHORT
@@ -75,3 +78,39 @@ def test_global_batch_must_split_over_ranks(tmp_path):
     result = torchrun("recipe", QUICK, "data.batch_size=33", "--out", str(tmp_path / "x"), timeout=300)
     assert result.returncode != 0
     assert "must divide evenly over 2 ranks" in result.stderr
+
+
+def test_a_two_rank_run_resumes_on_one_rank(tmp_path):
+    """Interrupt torchrun (it forwards the signal to every rank), then resume in a single process."""
+    out = tmp_path / "ddp-resume"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port())]
+    proc = subprocess.Popen(
+        [*cmd, "-m", "cgap_triton", "recipe", QUICK, *SHORT, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").is_file() and '"event": "grow"' in (out / "metrics.jsonl").read_text()):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:] if proc.stderr else ""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=300)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["progress"]["step"] > 0
+    resumed = subprocess.run(
+        [sys.executable, "-m", "cgap_triton", "recipe", "--resume", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["pruning_steps"] >= 1
+    start = next(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"start"' in line)
+    assert start["world_size"] == 2 and summary["steps"] == start["total_steps"]  # same global batches, all done

@@ -145,3 +145,15 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_resume_with_another_architecture_is_refused(tmp_path):
+    out = tmp_path / "arch"
+    proc = start(out)
+    wait_for_event(out, "grow", proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    result = cli("recipe", QUICK, *RUN, "model.cfg=[16, 'M', 32]", "--resume", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "written by a different recipe" in result.stderr
