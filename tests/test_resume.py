@@ -41,6 +41,16 @@ def wait_for_event(out, name, proc, timeout=120):
     pytest.fail(f"no {name} event within {timeout} s")
 
 
+def interrupt(out, after_event: str, signum: int, status: int) -> str:
+    """Start a run, send ``signum`` once ``after_event`` is logged; check the exit status; return stderr."""
+    proc = start(out)
+    wait_for_event(out, after_event, proc)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == status, stderr[-2000:]
+    return stderr
+
+
 def summary(out):
     return json.loads((out / "summary.json").read_text())
 
@@ -55,11 +65,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_interrupt_in_growth_then_resume_matches_the_uninterrupted_run(tmp_path, uninterrupted):
     out = tmp_path / "cut"
-    proc = start(out)
-    wait_for_event(out, "grow", proc)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
+    stderr = interrupt(out, "grow", signal.SIGINT, 130)
     assert f"--resume {out}" in stderr and "Traceback" not in stderr
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["schedule"]["phase"] in ("seed", "grow"), "the interruption should fall inside the growth phase"
@@ -77,11 +83,7 @@ def test_interrupt_in_growth_then_resume_matches_the_uninterrupted_run(tmp_path,
 
 def test_sigterm_saves_and_exits_143(tmp_path):
     out = tmp_path / "term"
-    proc = start(out)
-    wait_for_event(out, "start", proc)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr[-2000:]
+    interrupt(out, "start", signal.SIGTERM, 143)
     assert load_checkpoint(out / "checkpoint.pt")["progress"]["step"] >= 1
     assert not list(out.glob(".*.tmp"))
 
@@ -149,11 +151,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_resume_with_another_architecture_is_refused(tmp_path):
     out = tmp_path / "arch"
-    proc = start(out)
-    wait_for_event(out, "grow", proc)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    interrupt(out, "grow", signal.SIGINT, 130)
     result = cli("recipe", QUICK, *RUN, "model.cfg=[16, 'M', 32]", "--resume", str(out))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "written by a different recipe" in result.stderr
