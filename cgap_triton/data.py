@@ -205,11 +205,15 @@ class Batches:
         seed: int = 0,
         pad: int = 4,
         channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ):
         if augment not in ("none", "crop", "crop_flip"):
             raise ValueError(f"augment: expected 'none', 'crop' or 'crop_flip', got {augment!r}")
         self.split, self.batch_size, self.augment, self.pad = split, batch_size, augment, pad
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        # (rank, world size): this process takes every world-th image of each global batch, so that the
+        # ranks together see exactly the batches one process would, and each gathers only its own.
+        self.rank, self.world = shard
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         device = split.images.device
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
@@ -239,7 +243,7 @@ class Batches:
         device = self.split.images.device
         order, offsets, flips = (t if t is None else t.to(device) for t in self.draws(epoch))
         for b in range(start, len(self)):
-            window = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            window = slice(b * self.batch_size + self.rank, (b + 1) * self.batch_size, self.world)
             idx = order[window]
             images = self.split.images[idx]
             if offsets is not None:

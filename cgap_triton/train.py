@@ -119,6 +119,7 @@ class CGaPRecipe:
             shuffle=True,
             drop_last=True,
             seed=r.run.seed,
+            shard=(self.world.rank, self.world.size),
         )
         if len(self.batches) == 0:
             raise TrainingStopped(
@@ -230,8 +231,6 @@ class CGaPRecipe:
         try:
             while p.epoch < r.train.epochs:
                 for x, y in self.batches.epoch(p.epoch, start=p.batch):
-                    if self.world.distributed:  # this rank's shard of the global batch
-                        x, y = x[self.world.rank :: self.world.size], y[self.world.rank :: self.world.size]
                     t0 = time.perf_counter()
                     loss, correct = self._train_step(x, y)
                     if self.device.type == "cuda" and self.recipe.compile.policy == "auto":

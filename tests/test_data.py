@@ -336,3 +336,19 @@ def test_drop_last_and_channels_last():
     for (x, y), (x2, y2) in zip(plain.epoch(1), nhwc.epoch(1)):
         assert x.is_contiguous() and x2.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_shards_of_ranks_make_up_the_global_batch():
+    """Each rank gathers and augments only its part; together they are the single-process batch."""
+    import torch
+
+    from cgap_triton.data import Batches, Split
+
+    g = torch.Generator().manual_seed(1)
+    split = Split(torch.randint(0, 256, (50, 3, 8, 8), generator=g, dtype=torch.uint8), torch.arange(50))
+    kwargs = dict(augment="crop_flip", shuffle=True, drop_last=True, seed=3)
+    whole = list(Batches(split, 8, (0.0,) * 3, (1.0,) * 3, **kwargs).epoch(2))
+    shards = [list(Batches(split, 8, (0.0,) * 3, (1.0,) * 3, shard=(r, 2), **kwargs).epoch(2)) for r in range(2)]
+    for b, (x, y) in enumerate(whole):
+        for r in range(2):
+            assert torch.equal(shards[r][b][0], x[r::2]) and torch.equal(shards[r][b][1], y[r::2])
