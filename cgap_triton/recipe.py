@@ -82,6 +82,8 @@ class TrainConfig:
     nan_policy: str = _opt("stop", choices=("stop", "skip"))
     log_every: int = _opt(20, lo=1, doc="steps between metric lines")
     label_smoothing: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
+    precision: str = _opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward; weights stay fp32")
+    channels_last: bool = _opt(False, doc="NHWC activations and weights (faster convolutions on tensor cores)")
 
 
 @dataclass(frozen=True)

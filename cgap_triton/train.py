@@ -109,6 +109,8 @@ class CGaPRecipe:
         state = load_checkpoint(self.out_dir / "checkpoint.pt") if self.resume else None
         widths = state["widths"] if state else self.widths_seed
         self.model = build_model(self.spec, widths, device=self.device)
+        if r.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.optimizer = self._make_optimizer()
         self.batches = Batches(
             self.train_split,
@@ -120,6 +122,7 @@ class CGaPRecipe:
             drop_last=True,
             seed=r.run.seed,
             shard=(self.world.rank, self.world.size),
+            channels_last=r.train.channels_last,
         )
         if len(self.batches) == 0:
             raise TrainingStopped(
@@ -271,8 +274,9 @@ class CGaPRecipe:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        logits = self.compiled(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.train.label_smoothing)
+        with self._autocast():
+            logits = self.compiled(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.train.label_smoothing)
         # Zeroed in place, not freed: gradients keep their addresses, so channel_stats reuses its
         # cached descriptor table instead of rebuilding and uploading it every step.
         self.optimizer.zero_grad(set_to_none=False)
@@ -386,6 +390,8 @@ class CGaPRecipe:
             noise=r.cgap.grow.noise,
             seed=(r.run.seed * 7_919 + self.schedule.changes) % 2**31,
         )
+        if r.train.channels_last:  # surgery's outputs are contiguous: restore NHWC, same Parameter objects
+            self.model.to(memory_format=torch.channels_last)
         self.params, self.macs = self.sizes(self.model.widths)
         p.peak_params = max(p.peak_params, self.params)
         kind = change.kind
@@ -428,16 +434,28 @@ class CGaPRecipe:
     def evaluate(self, split) -> tuple[float, float]:
         """(accuracy, mean loss) of the raw model in eval mode."""
         self.model.eval()
-        batches = Batches(split, max(256, self.recipe.data.batch_size * 2), self.data.mean, self.data.std)
+        batches = Batches(
+            split,
+            max(256, self.recipe.data.batch_size * 2),
+            self.data.mean,
+            self.data.std,
+            channels_last=self.recipe.train.channels_last,
+        )
         correct = torch.zeros((), device=self.device)
         total_loss = torch.zeros((), device=self.device)
         for x, y in batches:
-            logits = self.model(x)
+            with self._autocast():
+                logits = self.model(x).float()
             total_loss += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         self.model.train()
         n = max(1, len(split))
         return float(correct) / n, float(total_loss) / n
+
+    def _autocast(self):
+        """bf16 autocast for the forward pass when the recipe asks for it (weights and optimizer stay fp32)."""
+        enabled = self.recipe.train.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _on_signal(self, signum, frame) -> None:
         if self._signal is not None:  # a second Ctrl-C: stop now, the last checkpoint stays whole

@@ -98,3 +98,12 @@ def test_report_prints_runs_side_by_side(short_run):
     assert "test accuracy" in result.stdout and "conv1" in result.stdout
     missing = cli("report", str(out.parent / "nope"))
     assert missing.returncode == 2 and "nope: no such run folder" in missing.stderr
+
+
+def test_bf16_and_channels_last_run_through_growth_and_pruning(tmp_path):
+    out = tmp_path / "bf16"
+    result = cli("recipe", QUICK, *SHORT, 'train.precision="bf16"', "train.channels_last=true", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["growth_steps"] >= 1 and summary["pruning_steps"] >= 1
+    assert summary["test_accuracy"] > 0.8  # it learned: ten classes, chance is 0.1
