@@ -82,6 +82,7 @@ class CGaPRecipe:
         self.resume, self.recipe_name = resume, recipe_name
         self._signal: int | None = None
         self._stop_requested = False
+        self._first_bad: torch.Tensor  # [step, loss] of the first non-finite loss since the start; step -1: none
         self.world = World()
 
     # ------------------------------------------------------------------------------------------ setup
@@ -142,6 +143,7 @@ class CGaPRecipe:
             seed=r.run.seed,
         )
         self.progress = Progress()
+        self._first_bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=self.device)
         if state:
             self._restore(state)
 
@@ -246,14 +248,18 @@ class CGaPRecipe:
                         window["images"] += y.numel()
                         window["steps"] += 1
                     del loss
+                    if p.step % r.train.log_every == 0 or self._stop_requested:
+                        self.check_health()
                     if p.step % r.train.log_every == 0:
                         self._log_window(window)
                     if self.schedule.due(p.step):
+                        self.check_health()
                         self._decide()
                     p.wall_seconds = time.perf_counter() - started
                     if self._stop_requested:
                         self.save_checkpoint()
                         raise Interrupted(self._signal or signal.SIGTERM)
+                self.check_health()
                 p.epoch += 1
                 p.batch = 0
                 p.val_accuracy = self._validation_accuracy()
@@ -280,26 +286,23 @@ class CGaPRecipe:
         # Zeroed in place, not freed: gradients keep their addresses, so channel_stats reuses its
         # cached descriptor table instead of rebuilding and uploading it every step.
         self.optimizer.zero_grad(set_to_none=False)
-        # One small all-reduce on several ranks: they skip, stop or go on together.
-        not_finite, self._stop_requested = any_rank(
-            [not bool(torch.isfinite(loss)), self._signal is not None], self.world, self.device
-        )
+        if self.world.distributed or self.recipe.train.nan_policy == "skip":
+            # Decided now, at the cost of a host sync (one small all-reduce on several ranks): the ranks
+            # skip, stop or go on together, and a skipped batch never reaches the weights.
+            not_finite, self._stop_requested = any_rank(
+                [not bool(torch.isfinite(loss)), self._signal is not None], self.world, self.device
+            )
+        else:
+            # One process, nan_policy "stop": remember the first bad step on the device, without waiting
+            # for the GPU; check_health() reads it before anything is logged, decided or saved.
+            not_finite, self._stop_requested = False, self._signal is not None
+            bad = torch.isfinite(loss).logical_not() & (self._first_bad[0] < 0)
+            seen = torch.stack([loss.new_tensor(p.step + 1, dtype=torch.float64), loss.detach().double()])
+            self._first_bad.copy_(torch.where(bad, seen, self._first_bad))
         if not_finite:
-            where = f"step {p.step + 1} (epoch {p.epoch}, phase {self.schedule.phase}): loss is {loss.item()}"
-            if self.world.distributed:
-                where += f" (on rank {self.world.rank}, or another rank)"
             if self.recipe.train.nan_policy == "stop":
-                checkpoint = self.out_dir / "checkpoint.pt"
-                kept = (
-                    f"the last good checkpoint is {checkpoint} (resume with --resume {self.out_dir})"
-                    if checkpoint.is_file()
-                    else "no checkpoint was written before it"
-                )
-                self.telemetry.log_event({"event": "stopped", "step": p.step + 1, "reason": where})
-                raise TrainingStopped(
-                    f"{where}; the run stopped, {kept}. "
-                    f'Lower optim.lr, or set train.nan_policy="skip" to skip such batches.'
-                )
+                self._stop_on_bad_loss(p.step + 1, loss.item())
+            where = f"step {p.step + 1} (epoch {p.epoch}, phase {self.schedule.phase}): loss is {loss.item()}"
             self.telemetry.log_event({"event": "skipped_step", "step": p.step + 1, "reason": where})
             p.skipped_steps += 1
             p.step += 1
@@ -312,6 +315,29 @@ class CGaPRecipe:
         p.train_macs += 3 * self.macs * batch  # forward + backward ≈ 3 × forward MACs
         p.train_macs_dense += 3 * self.macs_full * batch
         return loss.detach() * y.numel(), (logits.detach().argmax(1) == y).sum()
+
+    def check_health(self) -> None:
+        """Stop the run if a step since the last check had a non-finite loss (nan_policy "stop")."""
+        step, value = self._first_bad.tolist()
+        if step >= 0:
+            self._stop_on_bad_loss(int(step), value)
+
+    def _stop_on_bad_loss(self, step: int, value: float) -> None:
+        # Phases change only in _decide, after a health check: the current phase is the bad step's.
+        epoch = (step - 1) // len(self.batches)
+        where = f"step {step} (epoch {epoch}, phase {self.schedule.phase}): loss is {value}"
+        if self.world.distributed:
+            where += f" (on rank {self.world.rank}, or another rank)"
+        checkpoint = self.out_dir / "checkpoint.pt"
+        kept = (
+            f"the last good checkpoint is {checkpoint} (resume with --resume {self.out_dir})"
+            if checkpoint.is_file()
+            else "no checkpoint was written before it"
+        )
+        self.telemetry.log_event({"event": "stopped", "step": step, "reason": where})
+        raise TrainingStopped(
+            f'{where}; the run stopped, {kept}. Lower optim.lr, or set train.nan_policy="skip" to skip such batches.'
+        )
 
     def _log_window(self, window: dict) -> None:
         p = self.progress
@@ -465,6 +491,7 @@ class CGaPRecipe:
     # ------------------------------------------------------------------------------------------ saving
 
     def save_checkpoint(self) -> None:
+        self.check_health()  # never save weights that a non-finite loss has already touched
         if not self.world.is_main:
             return
         p = self.progress

@@ -94,8 +94,10 @@ def test_nan_loss_stops_with_step_and_phase(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "loss is nan" in result.stderr or "loss is inf" in result.stderr
-    assert "phase seed" in result.stderr and "nan_policy" in result.stderr
+    # The first bad step is named even though it is detected at the next check (a log step or decision).
+    assert "step 2 (epoch 0, phase seed)" in result.stderr and "nan_policy" in result.stderr
     assert not (out / "summary.json").exists()
+    assert not (out / "checkpoint.pt").exists()  # nothing the bad loss touched was saved
 
 
 def test_nan_policy_skip_keeps_going(tmp_path):
