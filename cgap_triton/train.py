@@ -143,6 +143,7 @@ class CGaPRecipe:
             seed=r.run.seed,
         )
         self.progress = Progress()
+        self._restored_compile: dict[str, Any] = {}  # compile counts of the run's earlier processes
         self._first_bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=self.device)
         if state:
             self._restore(state)
@@ -230,7 +231,6 @@ class CGaPRecipe:
             "loss": torch.zeros((), device=self.device),
             "correct": torch.zeros((), device=self.device),
             "images": 0,
-            "steps": 0,
             "time": time.perf_counter(),
         }
         try:
@@ -246,7 +246,6 @@ class CGaPRecipe:
                         window["loss"] += loss
                         window["correct"] += correct
                         window["images"] += y.numel()
-                        window["steps"] += 1
                     del loss
                     if p.step % r.train.log_every == 0 or self._stop_requested:
                         self.check_health()
@@ -362,7 +361,7 @@ class CGaPRecipe:
         }
         self.telemetry.log_metrics(metrics)
         self.compiled.check_fallbacks(p.step)
-        window.update(loss=window["loss"] * 0, correct=window["correct"] * 0, images=0, steps=0, time=now)
+        window.update(loss=window["loss"] * 0, correct=window["correct"] * 0, images=0, time=now)
 
     def _saliency_spread(self) -> dict[str, list[float]]:
         """Per group, the 10th, 50th and 90th percentiles of the layer-normalised saliency S / mean(S)."""
@@ -528,7 +527,7 @@ class CGaPRecipe:
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self._restored_compile = state.get("compile", {})
+        self._restored_compile = state["compile"]
 
     def finish(self) -> dict[str, Any]:
         p = self.progress
@@ -542,7 +541,7 @@ class CGaPRecipe:
         }
         if self.world.is_main:
             atomic_save(model_file, self.out_dir / "model.pt")
-        prior = getattr(self, "_restored_compile", {})
+        prior = self._restored_compile
         summary = {
             "recipe": self.recipe_name,
             "data": self.data.name,
