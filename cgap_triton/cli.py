@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .checkpoint import CheckpointError
@@ -87,7 +87,7 @@ def _recipe(args) -> int:
     if resume is not None:
         out, problem = resume, None
     else:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         out = Path(args.out or recipe.run.out or f"runs/{stem}-{stamp}")
         problem = None
         if out.exists() and any(out.iterdir()):
@@ -141,7 +141,7 @@ def _sweep(args) -> int:
         for problem in err.problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_USAGE
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/sweep-{Path(args.recipe).stem}-{stamp}")
     command = " ".join(["python -m cgap_triton", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else ""
     from .train import Interrupted

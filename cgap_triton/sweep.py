@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ def run_sweep(
         "targets": list(targets),
         "seeds": [recipe.run.seed + i for i in range(seeds)],
         "machine": _machine(),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": [],
     }
     for i, run in enumerate(runs, 1):

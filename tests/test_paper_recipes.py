@@ -5,10 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 from test_data import write_cifar10, write_cifar100, write_svhn
 

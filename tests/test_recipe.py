@@ -1,5 +1,6 @@
-import pytest
 import tomllib
+
+import pytest
 
 from cgap_triton.recipe import Recipe, RecipeError, build_recipe, load_recipe, to_toml
 
