@@ -91,7 +91,12 @@ def gather_channels_many(
     Returns:
         New tensors (contiguous), each in the dtype of its input, of size ``len(index)`` along its dim.
     """
-    tensors, dims, index, scales, noise_stds = check_gather_args(tensors, dims, index, scales, noise_stds, seed)
+    checked = check_gather_args(tensors, dims, index, scales, noise_stds, seed)
+    return _gather(*checked, seed=seed, impl=impl)
+
+
+def _gather(tensors, dims, index, scales, noise_stds, *, seed: int, impl: str) -> list[torch.Tensor]:
+    """Dispatch validated gather arguments to the torch twin or the Triton kernel."""
     if resolve_impl(impl, tensors[0].device) == "torch":
         return reference.gather_channels_many(tensors, dims, index, scales=scales, noise_stds=noise_stds, seed=seed)
     from .gather import gather_channels_many_triton
@@ -117,4 +122,5 @@ def gather_channels(
     with a scale vector. ``noise_std`` is a float or one standard deviation per index.
     The output is a new contiguous tensor in ``src``'s dtype.
     """
-    return gather_channels_many([src], [dim], index, scales=[scale], noise_stds=[noise_std], seed=seed, impl=impl)[0]
+    checked = check_gather_args([src], [dim], index, [scale], [noise_std], seed, single=True)
+    return _gather(*checked, seed=seed, impl=impl)[0]

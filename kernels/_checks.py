@@ -185,6 +185,9 @@ def check_channel_stats_args(
     return weights, grads, out, momentum, dims
 
 
+_SINGLE_NAMES = {"tensors": "src", "dims": "dim", "scales": "scale", "noise_stds": "noise_std"}
+
+
 def check_gather_args(
     tensors: object,
     dims: object,
@@ -192,16 +195,26 @@ def check_gather_args(
     scales: object,
     noise_stds: object,
     seed: object,
+    *,
+    single: bool = False,
 ) -> tuple[list[torch.Tensor], list[int], torch.Tensor, list[torch.Tensor | None], list[float | torch.Tensor]]:
-    """Validate a batched gather; return (tensors, dims, index, scales, noise_stds) with one entry per tensor."""
+    """Validate a batched gather; return (tensors, dims, index, scales, noise_stds) with one entry per tensor.
+
+    ``single``: the call came from ``gather_channels(src, index, dim, scale=, noise_std=)``, so messages
+    name those arguments instead of the batched form's list entries.
+    """
+
+    def name(kind: str, i: int) -> str:
+        return _SINGLE_NAMES[kind] if single else f"{kind}[{i}]"
+
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence) or not tensors:
         raise ValueError(f"tensors: expected a non-empty sequence of tensors, got {_describe(tensors)}")
-    tensors = [check_float_tensor(f"tensors[{i}]", t) for i, t in enumerate(tensors)]
+    tensors = [check_float_tensor(name("tensors", i), t) for i, t in enumerate(tensors)]
     n = len(tensors)
     device = same_device("tensors", tensors)
     if isinstance(dims, int) or not isinstance(dims, Sequence) or len(dims) != n:
         raise ValueError(f"dims: expected one dim per tensor ({n}), got {dims!r}")
-    dims = [check_dim(f"dims[{i}]", d, t) for i, (d, t) in enumerate(zip(dims, tensors))]
+    dims = [check_dim(name("dims", i), d, t) for i, (d, t) in enumerate(zip(dims, tensors))]
     sizes = {t.shape[d] for t, d in zip(tensors, dims)}
     if len(sizes) != 1:
         shown = ", ".join(f"tensors[{i}].shape[{d}]={t.shape[d]}" for i, (t, d) in enumerate(zip(tensors, dims)))
@@ -213,10 +226,10 @@ def check_gather_args(
         raise ValueError(
             f"scales: expected None or one entry (None or tensor) per tensor ({n}), got {_describe(scales)}"
         )
-    scales = [check_per_slice(f"scales[{i}]", s, length, device) for i, s in enumerate(scales)]
+    scales = [check_per_slice(name("scales", i), s, length, device) for i, s in enumerate(scales)]
     noise_stds = [0.0] * n if noise_stds is None else noise_stds
     if not isinstance(noise_stds, Sequence) or len(noise_stds) != n:
         raise ValueError(f"noise_stds: expected None or one entry per tensor ({n}), got {_describe(noise_stds)}")
-    noise_stds = [check_noise_std(f"noise_stds[{i}]", s, length, device) for i, s in enumerate(noise_stds)]
+    noise_stds = [check_noise_std(name("noise_stds", i), s, length, device) for i, s in enumerate(noise_stds)]
     check_seed(seed)
     return tensors, dims, index, scales, noise_stds

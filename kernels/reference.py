@@ -75,7 +75,10 @@ def gather_channels_many(
     tensor k comes from a generator seeded with ``seed + k``: deterministic, and equal to the Triton
     path's noise in distribution only (the two use different random number generators).
     """
-    tensors, dims, index, scales, noise_stds = check_gather_args(tensors, dims, index, scales, noise_stds, seed)
+    return _gather(*check_gather_args(tensors, dims, index, scales, noise_stds, seed), seed)
+
+
+def _gather(tensors, dims, index, scales, noise_stds, seed) -> list[torch.Tensor]:
     results = []
     for k, (src, d, scale, std) in enumerate(zip(tensors, dims, scales, noise_stds)):
         shape = [1] * src.dim()
@@ -108,4 +111,4 @@ def gather_channels(
     plus ``noise_std · N(0, 1)`` noise (deterministic in ``seed``); ``index[j] == -1`` gives zeros
     (plus noise). ``noise_std`` is a float or one standard deviation per index. Output dtype = src dtype.
     """
-    return gather_channels_many([src], [dim], index, scales=[scale], noise_stds=[noise_std], seed=seed)[0]
+    return _gather(*check_gather_args([src], [dim], index, [scale], [noise_std], seed, single=True), seed)[0]

@@ -292,3 +292,19 @@ def test_compiles_without_spills():
             f"{report.spills} spill bytes"
         )
     assert all(report.spills == 0 for report in reports), [r.ptxas_log for r in reports if r.spills]
+
+
+@pytest.mark.parametrize("fn", [gather_channels, reference.gather_channels], ids=["public", "reference"])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"src": torch.zeros(3, dtype=torch.int32)}, r"^src: expected dtype float32"),
+        ({"dim": 2}, r"^dim: expected a dim in \[-1, 1\)"),
+        ({"scale": torch.ones(2)}, r"^scale: expected shape \(1,\)"),
+        ({"noise_std": -1.0}, r"^noise_std: expected a float >= 0"),
+    ],
+)
+def test_single_form_errors_name_its_own_arguments(fn, kwargs, match):
+    args = {"src": torch.zeros(3), "index": torch.tensor([0]), "dim": 0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        fn(**args)
