@@ -144,6 +144,7 @@ class CGaPRecipe:
         )
         self.progress = Progress()
         self._restored_compile: dict[str, Any] = {}  # compile counts of the run's earlier processes
+        self._validated: tuple[tuple[int, int], float] | None = None  # ((step, changes), accuracy)
         self._first_bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=self.device)
         if state:
             self._restore(state)
@@ -449,11 +450,19 @@ class CGaPRecipe:
         )
 
     def _validation_accuracy(self) -> float:
-        """Validation accuracy that every rank agrees on (rank 0's BN statistics and result)."""
+        """Validation accuracy that every rank agrees on (rank 0's BN statistics and result).
+
+        A decision that falls on an epoch's last step has just measured the same model: reused then.
+        """
+        key = (self.progress.step, self.schedule.changes)
+        if self._validated is not None and self._validated[0] == key:
+            return self._validated[1]
         if self.world.distributed:
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
-        return broadcast_value(self.evaluate(self.val_split)[0], self.world)
+        accuracy = broadcast_value(self.evaluate(self.val_split)[0], self.world)
+        self._validated = (key, accuracy)
+        return accuracy
 
     @torch.no_grad()
     def evaluate(self, split) -> tuple[float, float]:
