@@ -28,6 +28,12 @@ def trained(spec=SPEC, widths=None, optimizer="sgd", steps=3):
     return model, opt
 
 
+def assert_same_function(after, before):
+    """Equal up to float32 rounding. A conv at a new width may sum its inputs in another order (CPUs differ),
+    so the bits are not the contract; a tolerance scaled to the outputs is, and a real change is far above it."""
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5 * float(before.abs().max()))
+
+
 def grow_all(model, count=3):
     groups = {}
     for g in model.groups:
@@ -44,11 +50,14 @@ def test_growth_without_noise_preserves_the_function(spec, init):
     x = torch.randn(3, 3, 8, 8)
     before = model(x)
     apply_width_change(model, grow_all(model), optimizer=opt, init=init, noise=0.0)
-    after = model(x)
-    if init == "split":  # halves summed back: equal up to rounding
-        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
-    else:  # the new units' outgoing columns are exactly zero
-        assert torch.equal(after, before)
+    assert_same_function(model(x), before)
+    if init != "split":  # the new units' outgoing columns are exactly zero (where no new unit reads them)
+        grown = {name for group in model.groups for name, _ in group.producers}
+        for group in model.groups:
+            width = model.widths[group.name]
+            for name, dim in group.consumers:
+                if name not in grown:
+                    assert not model.tensor(name).narrow(dim, width - 3, 3).any(), name
 
 
 def test_growth_with_noise_changes_new_filters_only_slightly():
@@ -63,7 +72,7 @@ def test_growth_with_noise_changes_new_filters_only_slightly():
     children = new[6:]
     assert not torch.equal(children, old[:3])
     torch.testing.assert_close(children, old[:3], atol=0.2 * float(old.std()), rtol=0)
-    assert torch.equal(model(x), before)  # zero outgoing columns: still the same function
+    assert_same_function(model(x), before)  # zero outgoing columns: still the same function
 
 
 def test_pruning_that_keeps_everything_is_the_identity():
