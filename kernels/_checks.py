@@ -7,6 +7,7 @@ what was expected and what was given, so that a bad call never reaches a kernel.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Sequence
 
@@ -49,12 +50,112 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return "triton"
 
 
+def check_has_data(name: str, t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor whose elements can be read: not on the meta device, not sparse."""
+    if t.is_meta:  # (t.device.type costs 5x more: this runs for every tensor of every call)
+        raise ValueError(f"{name}: expected a tensor with data (cpu or cuda), got a meta tensor")
+    if t.layout is not torch.strided:
+        raise ValueError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
+    return t
+
+
 def check_float_tensor(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"{name}: expected dtype float32, float16 or bfloat16, got {t.dtype}")
-    return t
+    return check_has_data(name, t)
+
+
+def _element_offsets(t: torch.Tensor) -> torch.Tensor:
+    """The offset (in elements, from ``t``'s first element) of every element of ``t``: 1-D int64 on the CPU."""
+    offsets = torch.zeros((), dtype=torch.int64)
+    for size, stride in zip(t.shape, t.stride()):
+        offsets = offsets[..., None] + torch.arange(size) * stride
+    return offsets.reshape(-1)
+
+
+def has_internal_overlap(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` share memory (a zero stride, an ``expand``, an overlapping ``as_strided``).
+
+    Cheap for every usual layout: with the dims sorted by stride, each stride passing the farthest offset
+    the smaller dims reach proves the elements distinct. Only a layout that fails that test (interleaved
+    strides) has its element offsets enumerated; the callers use it for small tensors (``out``).
+    """
+    if t.is_contiguous():
+        return False
+    dims = sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size > 1)
+    reach = 0  # the farthest offset the dims so far can reach
+    for stride, size in dims:
+        if stride <= reach:
+            break
+        reach += (size - 1) * stride
+    else:
+        return False
+    if dims[0][0] == 0:
+        return True
+    # torch._debug_has_internal_overlap would say "too hard" here (it only proves zero strides): count offsets.
+    return _element_offsets(t).unique().numel() != t.numel()
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """The [first, last) byte addresses that elements of a non-empty ``t`` can occupy."""
+    start = t.data_ptr()
+    if t.is_contiguous():
+        return start, start + t.nbytes
+    reach = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return start, start + (reach + 1) * t.element_size()
+
+
+def _share_elements(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b``, whose byte spans intersect, share an element (exact for one dtype and alignment)."""
+    delta, size = b.data_ptr() - a.data_ptr(), a.element_size()
+    if a.dtype != b.dtype or delta % size:
+        return True  # partly overlapping elements: refuse
+    return bool(torch.isin(_element_offsets(a), _element_offsets(b) + delta // size).any())
+
+
+def check_out_memory(out: list[torch.Tensor], inputs: dict[str, list[torch.Tensor]]) -> None:
+    """Refuse ``out`` tensors that overlap themselves, each other, or an input (the kernel writes them in place).
+
+    Runs on every call, so it stays cheap: one sort of byte spans, then a sweep that keeps the farthest end
+    of the outs and of the inputs seen so far (inputs are only read: they may share memory with each other).
+    Two outs whose spans meet (interleaved views of one buffer) are settled exactly; an out whose span
+    meets an input's is refused.
+    """
+    for i, o in enumerate(out):
+        if has_internal_overlap(o):
+            raise ValueError(
+                f"out[{i}]: expected a tensor whose elements do not share memory (no zero strides, no expand), "
+                f"got strides {o.stride()} for shape {tuple(o.shape)}"
+            )
+    groups = [("out", out), *inputs.items()]
+    spans = sorted((*_byte_span(t), i, kind) for kind, tensors in groups for i, t in enumerate(tensors))
+    out_end, input_end, input_seen = 0, 0, ("", 0)  # farthest ends so far, and the input reaching input_end
+    seen_outs: list[tuple[int, int]] = []  # (end, i) of the outs so far
+    for start, end, i, kind in spans:
+        if kind == "out":
+            if start < input_end:
+                raise ValueError(
+                    f"out[{i}]: shares memory with {input_seen[0]}[{input_seen[1]}]; out is written in place "
+                    "and must not alias an input"
+                )
+            if start < out_end:  # rare: settle against every earlier out that reaches this one
+                for other_end, j in seen_outs:
+                    if other_end > start and _share_elements(out[min(i, j)], out[max(i, j)]):
+                        raise ValueError(
+                            f"out[{max(i, j)}]: shares memory with out[{min(i, j)}]; expected separate tensors"
+                        )
+            seen_outs.append((end, i))
+            out_end = max(out_end, end)
+        else:
+            if start < out_end:
+                j = next(j for other_end, j in seen_outs if other_end > start)
+                raise ValueError(
+                    f"out[{j}]: shares memory with {kind}[{i}]; out is written in place and must not alias an input"
+                )
+            if end > input_end:
+                input_end, input_seen = end, (kind, i)
 
 
 def check_dim(name: str, dim: int, t: torch.Tensor) -> int:
@@ -83,6 +184,7 @@ def check_index(index: object, size: int, device: torch.device) -> torch.Tensor:
         raise ValueError(f"index: expected dtype int64, got {index.dtype}")
     if index.dim() != 1:
         raise ValueError(f"index: expected a 1-D tensor, got shape {tuple(index.shape)}")
+    check_has_data("index", index)
     if index.device != device:
         raise ValueError(f"index: expected a tensor on {device} (the device of src), got {index.device}")
     if index.numel():
@@ -102,22 +204,24 @@ def check_per_slice(name: str, value: object, length: int, device: torch.device)
         raise ValueError(f"{name}: expected None or a 1-D float tensor of length {length}, got {_describe(value)}")
     if value.shape != (length,):
         raise ValueError(f"{name}: expected shape ({length},) (one entry per index), got {tuple(value.shape)}")
+    check_has_data(name, value)
     if value.device != device:
         raise ValueError(f"{name}: expected a tensor on {device}, got {value.device}")
     return value
 
 
 def check_noise_std(name: str, value: object, length: int, device: torch.device) -> float | torch.Tensor:
-    """A non-negative float, or a 1-D float tensor of per-slice standard deviations."""
+    """A finite non-negative float, or a 1-D float tensor of finite per-slice standard deviations >= 0."""
     if isinstance(value, torch.Tensor):
         std = check_per_slice(name, value, length, device)
-        if std.numel() and float(std.min()) < 0:
-            raise ValueError(f"{name}: expected standard deviations >= 0, found {float(std.min())}")
+        bad = ~(std >= 0) | std.isinf()  # NaN fails >= 0
+        if bool(bad.any()):  # one host sync, as the check had before
+            raise ValueError(f"{name}: expected standard deviations >= 0 and finite, found {float(std[bad][0])}")
         return std
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name}: expected a float >= 0 or a 1-D float tensor, got {_describe(value)}")
-    if not value >= 0:  # also rejects NaN
-        raise ValueError(f"{name}: expected a float >= 0, got {value}")
+    if not 0 <= value < math.inf:  # also rejects NaN
+        raise ValueError(f"{name}: expected a float >= 0 and finite, got {value}")
     return float(value)
 
 
@@ -175,13 +279,20 @@ def check_channel_stats_args(
     if out is not None:
         if isinstance(out, torch.Tensor) or not isinstance(out, Sequence) or len(out) != len(weights):
             raise ValueError(f"out: expected None or one tensor per weight ({len(weights)}), got {_describe(out)}")
-        out = list(out)
+        out, grad_mode = list(out), torch.is_grad_enabled()
         for i, (o, w, d) in enumerate(zip(out, weights, dims)):
             expected = (w.shape[d], 4)
             if not isinstance(o, torch.Tensor) or o.dtype != torch.float32 or tuple(o.shape) != expected:
                 raise ValueError(f"out[{i}]: expected a float32 tensor of shape {expected}, got {_describe(o)}")
+            check_has_data(f"out[{i}]", o)
             if o.device != device:
                 raise ValueError(f"out[{i}]: expected a tensor on {device} (as the weights), got {o.device}")
+            if o.requires_grad and grad_mode:  # the torch twin's in-place update would raise a RuntimeError
+                raise ValueError(
+                    f"out[{i}]: expected a tensor that does not require grad (it is written in place), "
+                    "or a call under torch.no_grad()"
+                )
+        check_out_memory(out, {"weights": weights, "grads": grads or []})
     return weights, grads, out, momentum, dims
 
 

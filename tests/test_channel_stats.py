@@ -225,6 +225,88 @@ def test_bad_input_raises_value_error_naming_the_argument(case):
         channel_stats(kwargs.pop("weights"), kwargs.pop("grads", None), impl="triton", **kwargs)
 
 
+IMPLS = ["auto", "triton", "torch"]
+
+
+def _views(size: int, *views: tuple) -> list[torch.Tensor]:
+    """Views (shape, strides, offset) of one zero buffer of ``size`` floats."""
+    buffer = torch.zeros(size)
+    return [buffer.as_strided(shape, strides, offset) for shape, strides, offset in views]
+
+
+def _out_aliasing_weight() -> dict:
+    buffer = torch.zeros(20)
+    return dict(weights=[buffer[:15].view(5, 3)], out=[buffer.view(5, 4)])
+
+
+def _out_aliasing_grad() -> dict:
+    buffer = torch.zeros(40)
+    return dict(grads=[buffer[10:25].view(5, 3)], out=[buffer[:20].view(5, 4)])
+
+
+# Tiny calls (weights default to one [5, 3] tensor) that the Triton path got silently wrong, or that failed
+# with another error than ValueError, before the checks refused them.
+BAD_MEMORY_CALLS = {
+    "out expanded": (lambda: dict(out=[torch.zeros(1, 4).expand(5, 4)]), r"^out\[0\]: .*do not share memory"),
+    "out zero stride": (lambda: dict(out=_views(20, ((5, 4), (4, 0), 0))), r"^out\[0\]: .*do not share memory"),
+    "out rows overlap": (lambda: dict(out=_views(20, ((5, 4), (2, 1), 0))), r"^out\[0\]: .*do not share memory"),
+    "outs overlap": (
+        lambda: dict(weights=[torch.ones(5, 3)] * 2, out=_views(40, ((5, 4), (4, 1), 0), ((5, 4), (4, 1), 12))),
+        r"^out\[1\]: shares memory with out\[0\]",
+    ),
+    "outs interleaved overlap": (
+        lambda: dict(weights=[torch.ones(5, 3)] * 2, out=_views(40, ((5, 4), (8, 1), 0), ((5, 4), (8, 1), 3))),
+        r"^out\[1\]: shares memory with out\[0\]",
+    ),
+    "same out twice": (
+        lambda: dict(weights=[torch.ones(5, 3)] * 3, out=[torch.zeros(5, 4), *[torch.zeros(5, 4)] * 2]),
+        r"^out\[2\]: shares memory with out\[1\]",
+    ),
+    "out aliases weight": (_out_aliasing_weight, r"^out\[0\]: shares memory with weights\[0\]"),
+    "out aliases grad": (_out_aliasing_grad, r"^out\[0\]: shares memory with grads\[0\]"),
+    "out requires grad": (lambda: dict(out=[torch.zeros(5, 4, requires_grad=True)]), r"^out\[0\]: .*require grad"),
+    "meta out": (lambda: dict(out=[torch.zeros(5, 4, device="meta")]), r"^out\[0\]: .*got a meta tensor"),
+    "meta weight": (lambda: dict(weights=[torch.ones(5, 3, device="meta")]), r"^weights\[0\]: .*got a meta tensor"),
+    "meta grad": (lambda: dict(grads=[torch.ones(5, 3, device="meta")]), r"^grads\[0\]: .*got a meta tensor"),
+    "sparse weight": (lambda: dict(weights=[torch.ones(5, 3).to_sparse()]), r"^weights\[0\]: .*dense"),
+}
+MEMORY_PARAMS = [
+    pytest.param(case, momentum, id=f"{case}-momentum={momentum}")
+    for case, (make, _) in BAD_MEMORY_CALLS.items()
+    for momentum in ((None, 0.5) if "out" in make() else (None,))
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case, momentum", MEMORY_PARAMS)
+def test_overlapping_out_and_tensors_without_data_raise_before_any_launch(case, momentum, impl, monkeypatch):
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("the kernel was launched")
+
+    monkeypatch.setattr(stats, "_channel_l1_l2_wg_kernel", NoLaunch())
+    make, pattern = BAD_MEMORY_CALLS[case]
+    kwargs = dict(weights=[torch.ones(5, 3)]) | make()
+    with pytest.raises(ValueError, match=pattern):
+        channel_stats(kwargs.pop("weights"), kwargs.pop("grads", None), momentum=momentum, impl=impl, **kwargs)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.5])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_out_views_that_share_a_buffer_but_no_element_are_accepted(impl, momentum):
+    """Interleaved views of one buffer, and a layout whose strides interleave (4, 5): exact checks let them pass."""
+    weights = [_rand(5, 3), _rand(5, 7), _rand(5, 2)]
+    out = _views(40, ((5, 4), (8, 1), 0), ((5, 4), (8, 1), 4)) + _views(32, ((5, 4), (4, 5), 0))
+    for o in out:
+        o.copy_(_rand(5, 4))
+    out_reference = [o.clone() for o in out]
+    scales = _scale(weights, None, [0, 0, 0], out_reference, momentum)
+    expected = reference.channel_stats(weights, out=out_reference, momentum=momentum)
+    result = channel_stats(weights, out=out, momentum=momentum, impl=impl)
+    assert all(r is o for r, o in zip(result, out))
+    _assert_close(result, expected, scales, 1e-6, 2e-5)
+
+
 def test_triton_on_cpu_without_interpreter_raises_runtime_error():
     code = (
         "import torch\nfrom cgap_triton.kernels import channel_stats\n"

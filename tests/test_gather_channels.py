@@ -308,3 +308,63 @@ def test_single_form_errors_name_its_own_arguments(fn, kwargs, match):
     args = {"src": torch.zeros(3), "index": torch.tensor([0]), "dim": 0, **kwargs}
     with pytest.raises(ValueError, match=match):
         fn(**args)
+
+
+IMPLS = ["auto", "triton", "torch"]
+NAN, INF = float("nan"), float("inf")
+# Inputs accepted (and spread into the output) or failing with another error than ValueError before the checks.
+SINGLE_FORM_BAD = {
+    "nan std tensor": (
+        {"noise_std": torch.tensor([0.5, NAN])},
+        r"^noise_std: expected standard deviations >= 0 and finite",
+    ),
+    "inf std tensor": (
+        {"noise_std": torch.tensor([INF, 0.5])},
+        r"^noise_std: expected standard deviations >= 0 and finite",
+    ),
+    "inf std float": ({"noise_std": INF}, r"^noise_std: expected a float >= 0 and finite, got inf"),
+    "meta src": (
+        {"src": torch.zeros(3, 4, device="meta"), "index": torch.tensor([2, -1], device="meta")},
+        r"^src: .*meta",
+    ),
+    "meta index": ({"index": torch.tensor([2, -1], device="meta")}, r"^index: expected a tensor with data .*meta"),
+    "meta scale": ({"scale": torch.ones(2, device="meta")}, r"^scale: expected a tensor with data .*meta"),
+    "meta std": ({"noise_std": torch.ones(2, device="meta")}, r"^noise_std: expected a tensor with data .*meta"),
+    "sparse src": ({"src": torch.ones(3, 4).to_sparse()}, r"^src: expected a dense"),
+}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", SINGLE_FORM_BAD)
+def test_single_form_refuses_non_finite_stds_and_tensors_without_data(case, impl, launches):
+    change, match = SINGLE_FORM_BAD[case]
+    args = {"src": torch.randn(3, 4), "index": torch.tensor([2, -1]), "dim": 0, **change}
+    with pytest.raises(ValueError, match=match):
+        gather_channels(**args, impl=impl)
+    assert launches == []
+
+
+MANY_FORM_BAD = {
+    "nan std tensor": (
+        {"noise_stds": [0.0, torch.tensor([0.1, NAN])]},
+        r"^noise_stds\[1\]: .*>= 0 and finite, found nan",
+    ),
+    "inf std tensor": (
+        {"noise_stds": [torch.tensor([INF, 0.1]), 0.0]},
+        r"^noise_stds\[0\]: .*>= 0 and finite, found inf",
+    ),
+    "nan std float": ({"noise_stds": [0.0, NAN]}, r"^noise_stds\[1\]: expected a float >= 0 and finite, got nan"),
+    "inf std float": ({"noise_stds": [INF, 0.0]}, r"^noise_stds\[0\]: expected a float >= 0 and finite"),
+    "meta tensor": ({"tensors": [torch.randn(4, 3), torch.zeros(2, 4, device="meta")]}, r"^tensors\[1\]: .*meta"),
+    "meta scale": ({"scales": [None, torch.ones(2, device="meta")]}, r"^scales\[1\]: expected a tensor with data"),
+}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", MANY_FORM_BAD)
+def test_many_form_refuses_non_finite_stds_and_tensors_without_data(case, impl, launches):
+    change, match = MANY_FORM_BAD[case]
+    kwargs = dict(tensors=[torch.randn(4, 3), torch.randn(2, 4)], dims=[0, 1], index=torch.tensor([0, 3])) | change
+    with pytest.raises(ValueError, match=match):
+        gather_channels_many(**kwargs, impl=impl)
+    assert launches == []
