@@ -1,12 +1,22 @@
-"""Reading run folders: the growth curve (growth.png) and summary tables, one column per run."""
+"""Reading run folders: the growth curve (growth.png) and summary tables, one column per run.
+
+A run folder that cannot be read (no such folder, no summary.json, a damaged summary.json or metrics.jsonl)
+raises :class:`ReportError`, whose message is ``RUN: what is wrong``; :func:`print_report` leaves such runs
+out of the table and returns their errors, so that one damaged run does not hide the others.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .cgap.schedule import PHASES
@@ -21,17 +31,151 @@ PHASE_COLOURS = {
 }
 
 
+class ReportError(Exception):
+    """A run folder cannot be reported; ``str(err)`` is ``RUN: what is wrong``, on one line."""
+
+    def __init__(self, run_dir: Path, problem: str):
+        self.run_dir, self.problem = Path(run_dir), problem
+        super().__init__(f"{run_dir}: {problem}")
+
+
+class RunNotFound(ReportError):
+    """The path is no run to report at all: no such folder, or no summary.json in it (an unfinished run)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_widths(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(g, str) and _is_int(w) and w >= 0 for g, w in value.items())
+
+
+def _is_full_widths(value: Any) -> bool:
+    return _is_widths(value) and bool(value) and all(w > 0 for w in value.values())
+
+
+def _is_accuracy(value: Any) -> bool:
+    # Telemetry writes a non-finite float as a string ("nan", "inf", "-inf").
+    return _is_number(value) or value in ("nan", "inf", "-inf")
+
+
+_INT, _NUMBER, _WIDTHS = (_is_int, "an integer"), (_is_number, "a number"), (_is_widths, "a mapping group → width")
+# summary.json: the fields the report reads, each with its check and its description. The first ones every
+# summary has; the others a summary from an older version may lack (the table then shows "-"), but when
+# present they must have the right type.
+_SUMMARY_REQUIRED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "test_accuracy": _NUMBER,
+    "params": _INT,
+    "params_full": _INT,
+    "params_reduction": _NUMBER,
+    "widths": _WIDTHS,
+    "widths_full": (_is_full_widths, "a non-empty mapping group → positive width"),
+}
+_SUMMARY_OPTIONAL: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "recipe": (lambda v: isinstance(v, str), "a string"),
+    "data": (lambda v: isinstance(v, str), "a string"),
+    "synthetic_data": (lambda v: isinstance(v, bool), "true or false"),
+    "macs": _INT,
+    "macs_full": _INT,
+    "macs_reduction": _NUMBER,
+    "peak_params": _INT,
+    "params_seed": _INT,
+    "widths_seed": _WIDTHS,
+    "structural_changes": _INT,
+    "train_macs": _INT,
+    "train_macs_dense": _INT,
+    "train_macs_ratio": _NUMBER,
+    "wall_seconds": _NUMBER,
+    "compile_seconds": _NUMBER,
+    "recompiles": _INT,
+    "steps": _INT,
+    "epochs": _NUMBER,
+}
+# metrics.jsonl: the fields of the events the growth curve reads.
+_TRAJECTORY_EVENT = {"step": _INT, "params": _INT, "widths": _WIDTHS}
+_EVENT_FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "start": _TRAJECTORY_EVENT,
+    "grow": _TRAJECTORY_EVENT,
+    "prune": _TRAJECTORY_EVENT,
+    "phase": {
+        "step": _INT,
+        "to": (lambda v: isinstance(v, str), "a phase name"),
+        "from": (lambda v: v is None or isinstance(v, str), "a phase name or null"),
+    },
+    "eval": {"step": _INT, "val_accuracy": (_is_accuracy, "a number")},
+}
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return kinds.get(type(value), "number")
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _field_problems(record: dict[str, Any], fields: dict, *, required: bool = True) -> list[str]:
+    problems = []
+    for field, (check, what) in fields.items():
+        if field not in record:
+            if required:
+                problems.append(f"lacks {field!r}")
+        elif not check(record[field]):
+            problems.append(f"{field!r} should be {what}, got {_shown(record[field])}")
+    return problems
+
+
+def _joined(problems: list[str], most: int = 3) -> str:
+    more = f"; and {len(problems) - most} more" if len(problems) > most else ""
+    return "; ".join(problems[:most]) + more
+
+
+def _read_text(run_dir: Path, name: str) -> str:
+    try:
+        return (Path(run_dir) / name).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ReportError(run_dir, f"{name} is not UTF-8 text") from None
+    except OSError as err:
+        raise ReportError(run_dir, f"{name} cannot be read ({err.strerror or err})") from None
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl (empty when there is none); a torn last line (killed run) is skipped."""
+    """The records of metrics.jsonl (empty when there is none). A line that is not JSON is a torn line of a
+    killed run (a resumed run appends after it) and is skipped; a line that is JSON but not an object, or an
+    event the report draws from (start, grow, prune, phase, eval) lacking a field it reads, or holding one of
+    the wrong type, is damage: ReportError names the lines."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+    records, problems, torn = [], [], 0
+    lines = _read_text(run_dir, "metrics.jsonl").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
             continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            torn += 1
+            continue
+        if not isinstance(record, dict):
+            problems.append(f"line {number} is a JSON {_json_kind(record)}, not a record")
+            continue
+        event = record.get("event")
+        fields = _EVENT_FIELDS.get(event) if isinstance(event, str) else None
+        if fields:
+            problems += [f"line {number} ({event} event) {p}" for p in _field_problems(record, fields)]
+        records.append(record)
+    if problems:
+        raise ReportError(run_dir, f"metrics.jsonl: {_joined(problems)}")
+    if torn and not records:
+        raise ReportError(run_dir, f"metrics.jsonl: none of its {torn} lines is JSON")
     return records
 
 
@@ -84,10 +228,9 @@ def plot_growth(
     if not trajectory:
         raise ValueError(f"{run_dir}: no trajectory to plot (no start, grow or prune records)")
     if summary is None:
-        path = run_dir / "summary.json"
-        summary = json.loads(path.read_text()) if path.is_file() else {}
+        summary = load_summary(run_dir) if (run_dir / "summary.json").is_file() else {}
     if accuracy is None:
-        accuracy = [(r["step"], r["val_accuracy"]) for r in read_metrics(run_dir) if r.get("event") == "eval"]
+        accuracy = [(r["step"], float(r["val_accuracy"])) for r in read_metrics(run_dir) if r.get("event") == "eval"]
     steps = [t["step"] for t in trajectory]
     end = max(summary.get("steps", 0), steps[-1], *(p["step"] for p in phases), 1)
     groups = list(widths_full)
@@ -213,30 +356,80 @@ def plot_growth(
     fig.add_subplot(grid[0, 1]).axis("off")
     name = summary.get("recipe", run_dir.name)
     fig.suptitle(f"{run_dir.name} ({name}): network size over training", fontsize=11)
-    out = run_dir / "growth.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    try:
+        return save_figure(fig, run_dir / "growth.png", dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def save_figure(fig, path: Path, **savefig_kwargs: Any) -> Path:
+    """Write a matplotlib figure to ``path`` through a new temporary file in the same folder, renamed over
+    ``path``: a symbolic link at ``path`` is replaced by the image, never written through, and a reader never
+    sees half an image. The file gets the usual permissions (0666 less the umask)."""
+    path = Path(path)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            # O_EXCL: never opens an existing file or follows a link planted at the temporary name.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def trajectory_from_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """The growth curve's trajectory and phase changes, rebuilt from metrics.jsonl."""
+    """The growth curve's trajectory and phase changes, rebuilt from metrics.jsonl (ReportError when it is
+    damaged: see :func:`read_metrics`)."""
     trajectory, phases = [], []
     for r in read_metrics(run_dir):
         if r.get("event") in ("start", "grow", "prune"):
             trajectory.append({"step": r["step"], "params": r["params"], "widths": r["widths"]})
         elif r.get("event") == "phase":
-            phases.append({"step": r["step"], "phase": r["to"], "from": r["from"]})
+            phases.append({"step": r["step"], "phase": r["to"], "from": r.get("from")})
     return trajectory, phases
 
 
 def load_summary(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "summary.json"
-    if not Path(run_dir).is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run folder")
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no summary.json (the run has not finished; resume it with --resume)")
-    return json.loads(path.read_text())
+    """The run's summary.json, checked: RunNotFound when the folder or its summary.json is absent,
+    ReportError when summary.json is unreadable, empty, not JSON, not a JSON object, or lacks a field the
+    report needs or holds one of the wrong type."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunNotFound(run_dir, "no such run folder")
+    if not (run_dir / "summary.json").is_file():
+        raise RunNotFound(run_dir, "no summary.json (the run has not finished; resume it with --resume)")
+    text = _read_text(run_dir, "summary.json")
+    if not text.strip():
+        raise ReportError(run_dir, "summary.json is empty")
+    try:
+        summary = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ReportError(run_dir, f"summary.json is not valid JSON ({err})") from None
+    except RecursionError:
+        raise ReportError(run_dir, "summary.json is not valid JSON (nested too deeply)") from None
+    if not isinstance(summary, dict):
+        raise ReportError(run_dir, f"summary.json holds a JSON {_json_kind(summary)}, not an object")
+    problems = _field_problems(summary, _SUMMARY_REQUIRED) + _field_problems(summary, _SUMMARY_OPTIONAL, required=False)
+    if problems:
+        raise ReportError(run_dir, f"summary.json: {_joined(problems)}")
+    return summary
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """The run's summary, after checking both summary.json and metrics.jsonl (ReportError otherwise)."""
+    summary = load_summary(run_dir)
+    read_metrics(run_dir)
+    return summary
 
 
 def _names(run_dirs: list[Path]) -> list[str]:
@@ -253,14 +446,14 @@ def summary_table(runs: dict[str, dict[str, Any]]) -> Table:
     table = Table(title="cgap_triton runs", show_lines=False)
     table.add_column("", style="bold")
     for name in runs:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right")
 
     def ratio(s: dict) -> str:
         return f"{s['train_macs'] / max(1, s['train_macs_dense']):.2f}"
 
     rows = [
-        ("recipe", lambda s: str(s["recipe"]), None),
-        ("data", lambda s: str(s["data"]) + (" (synthetic)" if s.get("synthetic_data") else ""), None),
+        ("recipe", lambda s: escape(str(s["recipe"])), None),
+        ("data", lambda s: escape(str(s["data"])) + (" (synthetic)" if s.get("synthetic_data") else ""), None),
         ("test accuracy", lambda s: f"{s['test_accuracy']:.2%}", lambda s: -s["test_accuracy"]),
         ("params", lambda s: f"{s['params']:,}", lambda s: s["params"]),
         ("params reduction", lambda s: f"{s['params_reduction']:.1%}", None),
@@ -298,20 +491,38 @@ def summary_table(runs: dict[str, dict[str, Any]]) -> Table:
         for s in summaries:
             full, final = s.get("widths_full", {}).get(g), s.get("widths", {}).get(g)
             cells.append("-" if full is None else f"{full} → {final}")
-        table.add_row(f"  {g}", *cells)
+        table.add_row(f"  {escape(g)}", *cells)
     return table
 
 
-def print_report(run_dirs: list[Path], console: Console | None = None) -> None:
-    """Print the runs' summaries side by side (raises FileNotFoundError naming a folder without one)."""
+def print_report(run_dirs: list[Path], console: Console | None = None) -> list[ReportError]:
+    """Print the summaries of the runs that can be read side by side, and return the errors of those that
+    cannot (see :func:`load_run`), in the order given; they are left out of the table, which is not printed
+    at all when no run can be read."""
     console = console or Console()
-    summaries = [load_summary(d) for d in run_dirs]
-    console.print(summary_table(dict(zip(_names(run_dirs), summaries))))
+    good: list[tuple[Path, dict[str, Any]]] = []
+    problems: list[ReportError] = []
+    for d in run_dirs:
+        try:
+            good.append((Path(d), load_run(d)))
+        except ReportError as err:
+            problems.append(err)
+    if good:
+        console.print(summary_table(dict(zip(_names([d for d, _ in good]), [s for _, s in good]))))
+    return problems
 
 
 def regenerate_growth(run_dir: Path) -> Path | None:
-    """Redraw growth.png from the run folder alone; None when metrics.jsonl has no trajectory."""
+    """Redraw growth.png from the run folder alone; None when metrics.jsonl has no trajectory. ReportError
+    when the run folder is damaged or growth.png cannot be written (a symbolic link there is replaced, never
+    written through)."""
+    summary = load_summary(run_dir)
     trajectory, phases = trajectory_from_metrics(run_dir)
     if not trajectory:
         return None
-    return plot_growth(run_dir, trajectory, phases, load_summary(run_dir)["widths_full"])
+    try:
+        return plot_growth(run_dir, trajectory, phases, summary["widths_full"], summary=summary)
+    except OSError as err:
+        raise ReportError(run_dir, f"growth.png cannot be written ({err.strerror or err})") from None
+    except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as err:
+        raise ReportError(run_dir, f"growth.png cannot be drawn ({type(err).__name__}: {err})") from None
