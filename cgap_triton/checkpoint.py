@@ -6,6 +6,8 @@ A reader never sees a truncated file: until the rename, the previous checkpoint 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -57,5 +59,51 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         # Checkpoints hold tensors, numbers, strings and dicts only: the safe loader reads them.
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's text suggests loading with weights_only=False, which runs whatever code the file holds: never
+        # repeat it. Only the part that says what is wrong is kept.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise CheckpointError(
+                f"{path}: not a readable cgap_triton checkpoint (damaged, or not a checkpoint)"
+            ) from None
+        raise CheckpointError(
+            f"{path}: not a cgap_triton checkpoint: it holds Python objects other than tensors, numbers and "
+            f"strings (it refers to {found.group(1)}), and is not loaded, for safety"
+        ) from None
     except Exception as err:  # noqa: BLE001 — any unreadable file is reported the same way
-        raise CheckpointError(f"{path}: not a readable cgap_triton checkpoint ({type(err).__name__}: {err})") from None
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(
+            f"{path}: not a readable cgap_triton checkpoint ({type(err).__name__}: {first})"
+        ) from None
+
+
+# What a training checkpoint must hold (key → type), checked before any of it is used.
+_CHECKPOINT_KEYS = {
+    "recipe": dict,
+    "spec": dict,
+    "widths": dict,
+    "model": dict,
+    "optimizer": dict,
+    "saliency": dict,
+    "schedule": dict,
+    "progress": dict,
+    "compile": dict,
+    "rng": dict,
+}
+
+
+def validate_checkpoint(state: Any, path: Path | str = "checkpoint.pt") -> dict[str, Any]:
+    """``state`` if it has the shape of a training checkpoint; otherwise CheckpointError saying what is off."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a cgap_triton checkpoint (a {type(state).__name__}, expected a dict)")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a cgap_triton checkpoint (missing {', '.join(missing)})")
+    wrong = [f"{k} is a {type(state[k]).__name__}" for k, t in _CHECKPOINT_KEYS.items() if not isinstance(state[k], t)]
+    widths = state["widths"] if isinstance(state["widths"], dict) else {}
+    if not all(isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in widths.items()):
+        wrong.append("widths are not positive ints by group name")
+    if wrong:
+        raise CheckpointError(f"{path}: not a cgap_triton checkpoint ({'; '.join(wrong)})")
+    return state

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .environment import resolve_device
+
 
 class RankDisagreement(RuntimeError):
     """Ranks computed different structural decisions; continuing would train different models."""
@@ -40,8 +42,6 @@ def init_from_env(device_name: str) -> tuple[World, torch.device]:
     """Join the process group torchrun describes (WORLD_SIZE > 1); pick this rank's device."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
-        from .train import resolve_device
-
         return World(), resolve_device(device_name)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")

@@ -212,6 +212,14 @@ def spec_from_recipe(model_cfg, num_classes: int, in_channels: int, image_size: 
         base = model_cfg.cfg if arch == "vgg" else VGG_CFGS[arch]
         m, r = model_cfg.width_multiplier, model_cfg.round_to
         cfg = tuple(c if c == "M" else max(r, round_up(c * m, r)) if m != 1 else c for c in base)
+        pools = cfg.count("M")
+        if image_size >> pools < 1:
+            key = "model.cfg" if arch == "vgg" else "model.arch"
+            raise ValueError(
+                f"{key}: {arch} halves the image {pools} times, but {image_size}x{image_size} images allow at most "
+                f'{image_size.bit_length() - 1}; expected a width list with fewer "M" (model.arch = "vgg" and '
+                "model.cfg), or larger images"
+            )
         arch = "vgg"
     return ModelSpec(arch, num_classes, in_channels, image_size, cfg)
 

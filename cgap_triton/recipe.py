@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+SEED_LIMIT = 2**32 - 1  # seeds are mixed into generator seeds (seed * 1_000_003 + epoch) that must stay below 2**64
+INT_LIMIT = 2**31 - 1  # any other integer key: far above every sensible value, far below what overflows
+
 
 class RecipeError(Exception):
     """A recipe or override is invalid; ``problems`` lists every problem found."""
@@ -45,7 +48,7 @@ def _opt(
 
 @dataclass(frozen=True)
 class RunConfig:
-    seed: int = _opt(0, lo=0)
+    seed: int = _opt(0, lo=0, hi=SEED_LIMIT)
     out: str = _opt("", doc="run folder; empty: runs/<recipe-stem>-<UTC time>")
 
 
@@ -57,12 +60,16 @@ class DataConfig:
     batch_size: int = _opt(128, lo=1)
     val_size: int = _opt(5000, lo=0)
     test_size: int = _opt(360, lo=1, doc="held-out test images, for data sets without a test split (digits, shapes)")
-    split_seed: int = _opt(0, lo=0, doc="seed of the validation/test split, shared by every run on the data")
+    split_seed: int = _opt(
+        0, lo=0, hi=SEED_LIMIT, doc="seed of the validation/test split, shared by every run on the data"
+    )
     augment: str = _opt("auto", choices=("auto", "none", "crop", "crop_flip"))
     train_size: int = _opt(0, lo=0, doc="0: every training image; otherwise the first N (shuffled) images")
     shapes_classes: int = _opt(10, lo=2, doc='"shapes" (synthetic) only: number of classes')
     shapes_images: int = _opt(20000, lo=1, doc='"shapes" only: images generated for the training + validation splits')
-    shapes_seed: int = _opt(0, lo=0, doc='"shapes" only: seed of the generated images, shared by every run on them')
+    shapes_seed: int = _opt(
+        0, lo=0, hi=SEED_LIMIT, doc='"shapes" only: seed of the generated images, shared by every run on them'
+    )
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class ModelConfig:
     cfg: list = _opt([], doc='VGG width list for arch = "vgg": ints are 3x3 convs, "M" a 2x2 max-pool')
     num_classes: int = _opt(0, lo=0, doc="0: from the data set")
     round_to: int = _opt(8, lo=1)
-    width_multiplier: float = _opt(1.0, lo=0.0, lo_open=True)
+    width_multiplier: float = _opt(1.0, lo=0.0, hi=16.0, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,12 @@ class TrainConfig:
     epochs: int = _opt(160, lo=1)
     device: str = _opt("auto", doc='"auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...')
     nan_policy: str = _opt("stop", choices=("stop", "skip"))
+    skip_limit: int = _opt(
+        10, lo=1, doc='nan_policy "skip": the run stops (as "stop" does) after this many skipped steps in a row'
+    )
+    skip_fraction: float = _opt(
+        0.05, lo=0.0, hi=1.0, doc='nan_policy "skip": ... or once more than this fraction of all steps were skipped'
+    )
     log_every: int = _opt(20, lo=1, doc="steps between metric lines")
     label_smoothing: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
     precision: str = _opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward; weights stay fp32")
@@ -182,10 +195,18 @@ class Recipe:
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read a TOML recipe, apply ``key=value`` overrides, validate; raise RecipeError listing all problems."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError([f"{path}: a folder, expected a recipe file (.toml)"])
     if not path.is_file():
         raise RecipeError([f"{path}: no such recipe file"])
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise RecipeError(
+            [f"{path}: expected a TOML recipe in UTF-8 text, got bytes that are not ({err.reason})"]
+        ) from None
+    except OSError as err:
+        raise RecipeError([f"{path}: cannot be read ({err.strerror})"]) from None
     except tomllib.TOMLDecodeError as err:
         raise RecipeError([f"{path}: not valid TOML: {err}"]) from None
     problems: list[str] = []
@@ -195,6 +216,9 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         key = key.strip()
         if not sep or not key:
             problems.append(f"override {item!r}: expected key=value, e.g. optim.lr=0.05")
+            continue
+        if "\n" in item or "\r" in item:
+            problems.append(f"override {item!r}: expected one key=value on one line, got a line break in it")
             continue
         parsed[key] = _parse_value(text.strip())
     merged = _merge(raw, parsed, "override", problems)
@@ -284,8 +308,10 @@ def _check_value(key: str, value: Any, expected: Any, meta: Mapping[str, Any], s
         if isinstance(value, bool) or not isinstance(value, int):
             return bad("an integer")
     elif expected is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             return bad("a number")
+        if not math.isfinite(value):
+            return bad("a finite number")
     elif expected is str:
         if not isinstance(value, str):
             return bad('a string (in quotes: "...")')
@@ -298,6 +324,8 @@ def _check_value(key: str, value: Any, expected: Any, meta: Mapping[str, Any], s
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         return bad(f"one of {', '.join(repr(c) for c in choices)}{hint}")
     lo, hi = meta.get("lo"), meta.get("hi")
+    if expected is int and hi is None:
+        hi = INT_LIMIT
     if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
         return bad(f"a value {'>' if meta.get('lo_open') else '>='} {lo}")
     if hi is not None and (value >= hi if meta.get("hi_open") else value > hi):
@@ -319,6 +347,8 @@ def _check_combinations(recipe: Recipe, source: str, problems: list[str]) -> Non
             if not (item == "M" or (isinstance(item, int) and not isinstance(item, bool) and item > 0)):
                 problems.append(f'{source}: model.cfg: expected positive ints and "M", got {item!r}')
                 break
+        if model.cfg and not any(item != "M" for item in model.cfg):
+            problems.append(f"{source}: model.cfg: expected at least one convolution (an int), got {model.cfg}")
     elif model.cfg:
         problems.append(
             f'{source}: model.cfg: only used with model.arch = "vgg" (arch is {model.arch!r}), got {model.cfg}'
@@ -333,6 +363,24 @@ def _check_combinations(recipe: Recipe, source: str, problems: list[str]) -> Non
         problems.append(
             f"{source}: cgap.stabilize: grow.until + stabilize must leave room to prune (<= 1), "
             f"got {cgap.grow.until} + {cgap.stabilize}"
+        )
+    epochs = recipe.train.epochs
+    for key, enabled, every in (
+        ("cgap.grow.every", cgap.grow.enabled, cgap.grow.every),
+        ("cgap.prune.every", cgap.prune.enabled, cgap.prune.every),
+    ):
+        if enabled and every > epochs:
+            problems.append(
+                f"{source}: {key}: expected at most train.epochs ({epochs}) so that the run takes a step, got {every}"
+            )
+    if recipe.optim.warmup_epochs > epochs:
+        problems.append(
+            f"{source}: optim.warmup_epochs: expected at most train.epochs ({epochs}), got {recipe.optim.warmup_epochs}"
+        )
+    if recipe.data.val_size == 0 and (cgap.grow.enabled or cgap.prune.enabled):
+        problems.append(
+            f"{source}: data.val_size: growth and pruning decide on validation accuracy, so expected at least 1 "
+            "validation image (e.g. 5000 for CIFAR), got 0"
         )
     if not cgap.grow.enabled and cgap.seed_fraction < 1 and recipe.cgap.prune.enabled:
         problems.append(

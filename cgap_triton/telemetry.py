@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,16 @@ def _clean(value: Any) -> Any:
 class JsonlSink:
     """metrics.jsonl: one line per logged step (``"kind": "step"``) and per event (``"kind": "event"``)."""
 
-    def __init__(self, path: Path, append: bool = False):
-        self.file = open(path, "a" if append else "w", buffering=1)
+    def __init__(self, path: Path, append: bool = False, truncate_to: int | None = None):
+        # Never through a symbolic link: the run folder's files must not write anywhere else.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+        fd = os.open(path, flags, 0o644)
+        if append and truncate_to is not None and os.fstat(fd).st_size > truncate_to:
+            os.ftruncate(fd, truncate_to)  # lines logged after the checkpoint we resume from: logged again
+        self.file = os.fdopen(fd, "a" if append else "w", buffering=1)
+
+    def flush(self) -> None:
+        self.file.flush()
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         self.file.write(json.dumps(_clean({"kind": "step", "time": time.time(), **metrics})) + "\n")
@@ -112,6 +121,12 @@ class Telemetry:
     def log_event(self, event: dict[str, Any]) -> None:
         for s in self.sinks:
             s.log_event(event)
+
+    def flush(self) -> None:
+        for s in self.sinks:
+            flush = getattr(s, "flush", None)
+            if flush is not None:
+                flush()
 
     def close(self) -> None:
         for s in self.sinks:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -20,26 +21,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import runfolder, signals
 from .cgap import SaliencyTracker, Schedule, WidthChange, apply_width_change
-from .checkpoint import CheckpointError, atomic_save, atomic_write_text, load_checkpoint
+from .checkpoint import CheckpointError, atomic_save, atomic_write_text, load_checkpoint, validate_checkpoint
 from .compile import CompiledModel
-from .data import Batches, Dataset, load_dataset
+from .data import Batches, DataError, Dataset, load_dataset
 from .distributed import World, all_reduce_mean_, any_rank, broadcast_value, init_from_env, shutdown, verify_identical
+from .environment import resolve_device  # noqa: F401 — the trainer's public helper since the first release
 from .models import ModelSpec, SizeOracle, build_model, seed_widths, spec_from_recipe
-from .recipe import Recipe, build_recipe, to_toml
+from .recipe import Recipe, RecipeError, build_recipe, to_toml
+from .signals import Interrupted
 from .telemetry import JsonlSink, StdoutSink, Telemetry
+
+__all__ = ["CGaPRecipe", "Interrupted", "Progress", "TrainingStopped"]
 
 
 class TrainingStopped(Exception):
-    """The run cannot go on (a NaN loss under nan_policy = "stop"); the message says where and why."""
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; a checkpoint was saved at the step boundary."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(signal.Signals(signum).name)
+    """The run cannot go on (a non-finite loss or weights); the message says where and why."""
 
 
 @dataclass
@@ -53,17 +51,12 @@ class Progress:
     train_macs_dense: int = 0
     peak_params: int = 0
     skipped_steps: int = 0
+    skipped_in_a_row: int = 0
     val_accuracy: float = 0.0
     trajectory: list[dict] = field(default_factory=list)  # params and widths over training (growth curve)
     phases: list[dict] = field(default_factory=list)  # phase boundaries
     change_counts: dict[str, int] = field(default_factory=dict)  # structural changes by kind
     wall_seconds: float = 0.0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class CGaPRecipe:
@@ -82,32 +75,61 @@ class CGaPRecipe:
         self.resume, self.recipe_name = resume, recipe_name
         self._signal: int | None = None
         self._stop_requested = False
+        self._training = False  # before the loop starts, a signal abandons setup at once
+        self._previous_handlers: dict | None = None
         self._first_bad: torch.Tensor  # [step, loss] of the first non-finite loss since the start; step -1: none
         self.world = World()
+        self._lock: runfolder.RunLock | None = None
+        self._created_folder = False
+        self.finished = False
 
     # ------------------------------------------------------------------------------------------ setup
 
     def setup(self) -> None:
+        """Check and load everything first; only then create (or take) the run folder and write to it.
+
+        Raises RecipeError (the recipe cannot run on this data), DataError, CheckpointError or
+        RunFolderError with a message for the user; nothing is left in the folder when one is raised.
+        """
+        self._previous_handlers = signals.install(self._on_signal)
         r = self.recipe
         self.world, self.device = init_from_env(r.train.device)
+        state = None
+        if self.resume:
+            if self.world.is_main:
+                self._open_folder_for_resume()
+            path = self.out_dir / "checkpoint.pt"
+            state = validate_checkpoint(load_checkpoint(path), path)
+            self._check_same_recipe(state)
         if r.data.batch_size % self.world.size:
-            raise TrainingStopped(
-                f"data.batch_size: the global batch ({r.data.batch_size}) must divide evenly over "
-                f"{self.world.size} ranks"
+            raise RecipeError(
+                [
+                    f"data.batch_size: expected a global batch that divides evenly over the {self.world.size} ranks, "
+                    f"got {r.data.batch_size}"
+                ]
             )
         torch.manual_seed(r.run.seed)
         self.data: Dataset = load_dataset(r.data)
+        num_classes = r.model.num_classes or self.data.num_classes
+        if num_classes < self.data.num_classes:
+            raise RecipeError(
+                [
+                    f"model.num_classes: expected 0 (from the data) or at least the {self.data.num_classes} classes of "
+                    f"{self.data.name}, got {r.model.num_classes}"
+                ]
+            )
+        try:
+            self.spec: ModelSpec = spec_from_recipe(r.model, num_classes, self.data.in_channels, self.data.image_size)
+        except ValueError as err:
+            raise RecipeError([str(err)]) from None
         self.train_split, self.val_split, self.test_split = (
             s.to(self.device) for s in (self.data.train, self.data.val, self.data.test)
         )
-        num_classes = r.model.num_classes or self.data.num_classes
-        self.spec: ModelSpec = spec_from_recipe(r.model, num_classes, self.data.in_channels, self.data.image_size)
         self.sizes = SizeOracle(self.spec)
         self.widths_full = self.spec.full_widths()
         self.params_full, self.macs_full = self.sizes(self.widths_full)
         self.widths_seed = seed_widths(self.widths_full, r.cgap.seed_fraction, r.model.round_to)
 
-        state = load_checkpoint(self.out_dir / "checkpoint.pt") if self.resume else None
         widths = state["widths"] if state else self.widths_seed
         self.model = build_model(self.spec, widths, device=self.device)
         if r.train.channels_last:
@@ -126,9 +148,9 @@ class CGaPRecipe:
             channels_last=r.train.channels_last,
         )
         if len(self.batches) == 0:
-            raise TrainingStopped(
-                f"data.batch_size: {r.data.batch_size} is larger than the "
-                f"{len(self.train_split)} training images; no full batch to train on"
+            raise DataError(
+                f"data.batch_size: expected at most the {len(self.train_split)} training images of {self.data.name} "
+                f"(no full batch to train on), got {r.data.batch_size}"
             )
         self.tracker = SaliencyTracker(
             self.model, r.cgap.importance.criterion, r.cgap.importance.momentum, r.cgap.importance.every
@@ -151,9 +173,12 @@ class CGaPRecipe:
 
         sinks = []
         if self.world.is_main:  # only rank 0 writes the run folder and talks to the user
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                self._open_new_folder()
             atomic_write_text(to_toml(r), self.out_dir / "recipe.toml")
-            sinks.append(JsonlSink(self.out_dir / "metrics.jsonl", append=self.resume))
+            # Resumed: what was logged after the checkpoint is logged again from it, so it is cut off first.
+            keep = state.get("metrics_bytes") if state else None
+            sinks.append(JsonlSink(self.out_dir / "metrics.jsonl", append=self.resume, truncate_to=keep))
             if self.want_dashboard:
                 from .dashboard import Dashboard
 
@@ -226,7 +251,7 @@ class CGaPRecipe:
 
     def train(self) -> dict[str, Any]:
         r, p = self.recipe, self.progress
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._training = True  # from here on a signal is recorded and acted on at the next step boundary
         started = time.perf_counter() - p.wall_seconds
         window = {
             "loss": torch.zeros((), device=self.device),
@@ -234,44 +259,40 @@ class CGaPRecipe:
             "images": 0,
             "time": time.perf_counter(),
         }
-        try:
-            while p.epoch < r.train.epochs:
-                for x, y in self.batches.epoch(p.epoch, start=p.batch):
-                    t0 = time.perf_counter()
-                    loss, correct = self._train_step(x, y)
-                    if self.device.type == "cuda" and self.recipe.compile.policy == "auto":
-                        torch.cuda.synchronize()  # the step times that policy decisions rest on
-                    self.compiled.step_finished(time.perf_counter() - t0, p.step)
-                    p.batch += 1
-                    if loss is not None:
-                        window["loss"] += loss
-                        window["correct"] += correct
-                        window["images"] += y.numel()
-                    del loss
-                    if p.step % r.train.log_every == 0 or self._stop_requested:
-                        self.check_health()
-                    if p.step % r.train.log_every == 0:
-                        self._log_window(window)
-                    if self.schedule.due(p.step):
-                        self.check_health()
-                        self._decide()
-                    p.wall_seconds = time.perf_counter() - started
-                    if self._stop_requested:
-                        self.save_checkpoint()
-                        raise Interrupted(self._signal or signal.SIGTERM)
-                self.check_health()
-                p.epoch += 1
-                p.batch = 0
-                p.val_accuracy = self._validation_accuracy()
-                self.telemetry.log_event(
-                    {"event": "eval", "step": p.step, "epoch": p.epoch, "val_accuracy": p.val_accuracy}
-                )
+        while p.epoch < r.train.epochs:
+            for x, y in self.batches.epoch(p.epoch, start=p.batch):
+                t0 = time.perf_counter()
+                loss, correct = self._train_step(x, y)
+                if self.device.type == "cuda" and self.recipe.compile.policy == "auto":
+                    torch.cuda.synchronize()  # the step times that policy decisions rest on
+                self.compiled.step_finished(time.perf_counter() - t0, p.step)
+                p.batch += 1
+                if loss is not None:
+                    window["loss"] += loss
+                    window["correct"] += correct
+                    window["images"] += y.numel()
+                del loss
+                if p.step % r.train.log_every == 0 or self._stop_requested:
+                    self.check_health()
+                if p.step % r.train.log_every == 0:
+                    self._log_window(window)
+                if self.schedule.due(p.step):
+                    self.check_health()
+                    self._decide()
                 p.wall_seconds = time.perf_counter() - started
-                if r.checkpoint.every and p.epoch % r.checkpoint.every == 0 or p.epoch == r.train.epochs:
+                if self._stop_requested:
                     self.save_checkpoint()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+                    raise Interrupted(self._signal or signal.SIGTERM)
+            self.check_health()
+            p.epoch += 1
+            p.batch = 0
+            p.val_accuracy = self._validation_accuracy()
+            self.telemetry.log_event(
+                {"event": "eval", "step": p.step, "epoch": p.epoch, "val_accuracy": p.val_accuracy}
+            )
+            p.wall_seconds = time.perf_counter() - started
+            if r.checkpoint.every and p.epoch % r.checkpoint.every == 0 or p.epoch == r.train.epochs:
+                self.save_checkpoint()
         return self.finish()
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -302,12 +323,16 @@ class CGaPRecipe:
         if not_finite:
             if self.recipe.train.nan_policy == "stop":
                 self._stop_on_bad_loss(p.step + 1, loss.item())
-            where = f"step {p.step + 1} (epoch {p.epoch}, phase {self.schedule.phase}): loss is {loss.item()}"
-            self.telemetry.log_event({"event": "skipped_step", "step": p.step + 1, "reason": where})
-            p.skipped_steps += 1
-            p.step += 1
-            return None, None
+            return self._skip(f"loss is {loss.item()}")
         loss.backward()
+        if self.recipe.train.nan_policy == "skip":
+            grads = [q.grad for q in self.model.parameters() if q.grad is not None]
+            finite = torch.stack(torch._foreach_norm(grads)).isfinite().all()
+            (not_finite,) = any_rank([not bool(finite)], self.world, self.device)
+            if not_finite:  # a finite loss can still overflow a gradient: such a step never reaches the weights
+                self.optimizer.zero_grad(set_to_none=False)
+                return self._skip("gradients are not finite")
+        p.skipped_in_a_row = 0
         self.tracker.update(p.step)
         self.optimizer.step()
         p.step += 1
@@ -315,6 +340,30 @@ class CGaPRecipe:
         p.train_macs += 3 * self.macs * batch  # forward + backward ≈ 3 × forward MACs
         p.train_macs_dense += 3 * self.macs_full * batch
         return loss.detach() * y.numel(), (logits.detach().argmax(1) == y).sum()
+
+    def _skip(self, why: str) -> tuple[None, None]:
+        """Skip this step (nan_policy "skip"); stop the run once skipping is the rule, not the exception."""
+        p, t = self.progress, self.recipe.train
+        where = f"step {p.step + 1} (epoch {p.epoch}, phase {self.schedule.phase}): {why}"
+        self.telemetry.log_event({"event": "skipped_step", "step": p.step + 1, "reason": where})
+        p.skipped_steps += 1
+        p.skipped_in_a_row += 1
+        p.step += 1
+        too_many = p.skipped_steps >= t.skip_limit and p.skipped_steps > t.skip_fraction * p.step
+        if p.skipped_in_a_row >= t.skip_limit or too_many:
+            self.telemetry.log_event({"event": "stopped", "step": p.step, "reason": where})
+            raise TrainingStopped(
+                f"{where}; {p.skipped_in_a_row} steps skipped in a row and {p.skipped_steps} of {p.step} in all "
+                f"(limits: train.skip_limit = {t.skip_limit} in a row, train.skip_fraction = {t.skip_fraction} of "
+                f"all steps), so the run stopped; {self._kept_checkpoint()}. Lower optim.lr."
+            )
+        return None, None
+
+    def _kept_checkpoint(self) -> str:
+        checkpoint = self.out_dir / "checkpoint.pt"
+        if checkpoint.is_file():
+            return f"the last good checkpoint is {checkpoint} (resume with --resume {self.out_dir})"
+        return "no checkpoint was written before it"
 
     def check_health(self) -> None:
         """Stop the run if a step since the last check had a non-finite loss (nan_policy "stop")."""
@@ -328,12 +377,7 @@ class CGaPRecipe:
         where = f"step {step} (epoch {epoch}, phase {self.schedule.phase}): loss is {value}"
         if self.world.distributed:
             where += f" (on rank {self.world.rank}, or another rank)"
-        checkpoint = self.out_dir / "checkpoint.pt"
-        kept = (
-            f"the last good checkpoint is {checkpoint} (resume with --resume {self.out_dir})"
-            if checkpoint.is_file()
-            else "no checkpoint was written before it"
-        )
+        kept = self._kept_checkpoint()
         self.telemetry.log_event({"event": "stopped", "step": step, "reason": where})
         raise TrainingStopped(
             f'{where}; the run stopped, {kept}. Lower optim.lr, or set train.nan_policy="skip" to skip such batches.'
@@ -492,20 +536,80 @@ class CGaPRecipe:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _on_signal(self, signum, frame) -> None:
-        if self._signal is not None:  # a second Ctrl-C: stop now, the last checkpoint stays whole
-            raise KeyboardInterrupt
-        self._signal = signum
+        """The first SIGINT/SIGTERM stops the run: during setup at once (nothing to save yet), during training
+        at the next step boundary, after a checkpoint. Later ones (a burst, an impatient second Ctrl-C) are
+        noted and change nothing, so that the checkpoint being written is never cut short."""
+        first = self._signal is None
+        if first:
+            self._signal = signum
+        if first and not self._training:
+            raise Interrupted(signum)
+
+    # ------------------------------------------------------------------------------------------ folder
+
+    def _open_new_folder(self) -> None:
+        """Create (or take over an empty or never-checkpointed) run folder, locked to this process."""
+        out = self.out_dir
+        runfolder.check_new_folder(out)
+        try:
+            out.mkdir(parents=True)
+            self._created_folder = True
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise runfolder.RunFolderError(f"--out {out}: cannot create the folder ({err.strerror})") from None
+        self._take_lock()
+        runfolder.check_new_folder(out)  # again, under the lock: another process may have started in it
+        runfolder.clean_stale_temporaries(out)
+        runfolder.refuse_links(out)
+
+    def _open_folder_for_resume(self) -> None:
+        out = self.out_dir
+        if not out.is_dir():
+            raise runfolder.RunFolderError(f"--resume {out}: no such run folder")
+        if (out / "summary.json").is_file():
+            raise runfolder.RunFolderError(
+                f"--resume {out}: the run has finished (summary.json is there); nothing to resume. Its results: "
+                f"python -m cgap_triton report {out}"
+            )
+        self._take_lock()
+        runfolder.refuse_links(out)
+        runfolder.clean_stale_temporaries(out)
+
+    def _take_lock(self) -> None:
+        lock = runfolder.RunLock(self.out_dir)
+        try:
+            lock.acquire()
+        except OSError as err:
+            raise runfolder.RunFolderError(f"{self.out_dir}: cannot write in the folder ({err.strerror})") from None
+        self._lock = lock
 
     # ------------------------------------------------------------------------------------------ saving
 
+    def _check_finite_weights(self, what: str) -> None:
+        """No non-finite weight ever reaches a file: a run whose weights broke stops instead."""
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        if bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+            return
+        p = self.progress
+        where = f"step {p.step} (epoch {p.epoch}, phase {self.schedule.phase})"
+        self.telemetry.log_event({"event": "stopped", "step": p.step, "reason": f"{where}: weights not finite"})
+        raise TrainingStopped(
+            f"{where}: the weights are not finite, so {what} was not written; {self._kept_checkpoint()}. "
+            "Lower optim.lr."
+        )
+
     def save_checkpoint(self) -> None:
         self.check_health()  # never save weights that a non-finite loss has already touched
+        self._check_finite_weights("the checkpoint")
         if not self.world.is_main:
             return
         p = self.progress
+        self.telemetry.flush()
         state = {
             "format": 1,
             "recipe": self.recipe.to_dict(),
+            "recipe_name": self.recipe_name,
             "spec": self.spec.to_dict(),
             "widths": self.model.widths,
             "model": self.model.state_dict(),
@@ -518,28 +622,50 @@ class CGaPRecipe:
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             },
+            # metrics.jsonl up to here belongs to this checkpoint; a resume cuts off what came after.
+            "metrics_bytes": _file_size(self.out_dir / "metrics.jsonl"),
         }
-        atomic_save(state, self.out_dir / "checkpoint.pt")
+        try:
+            atomic_save(state, self.out_dir / "checkpoint.pt")
+        except OSError as err:
+            raise CheckpointError(
+                f"{self.out_dir / 'checkpoint.pt'}: could not be written ({err.strerror}); the previous checkpoint, "
+                "if any, is unchanged"
+            ) from None
         self.telemetry.log_event({"event": "checkpoint", "step": p.step, "path": str(self.out_dir / "checkpoint.pt")})
 
-    def _restore(self, state: dict) -> None:
-        if build_recipe(state["recipe"], "checkpoint") != self.recipe:
+    def _check_same_recipe(self, state: dict) -> None:
+        try:
+            same = build_recipe(state["recipe"], "checkpoint") == self.recipe
+        except RecipeError:
+            same = False
+        if not same:
             raise CheckpointError(
-                "the checkpoint was written by a different recipe; resume with the run's own "
+                f"{self.out_dir / 'checkpoint.pt'}: written by a different recipe; resume with the run's own "
                 "recipe.toml (or --resume RUN_DIR alone)"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.tracker.load_state_dict(state["saliency"])
-        self.schedule.load_state_dict(dict(state["schedule"]))
-        self.progress = Progress(**state["progress"])
-        torch.set_rng_state(state["rng"]["torch"])
+        self.recipe_name = state.get("recipe_name", self.recipe_name)
+
+    def _restore(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.tracker.load_state_dict(state["saliency"])
+            self.schedule.load_state_dict(dict(state["schedule"]))
+            self.progress = Progress(**state["progress"])
+            torch.set_rng_state(state["rng"]["torch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{self.out_dir / 'checkpoint.pt'}: does not match this run's model and recipe "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else err!r})"
+            ) from None
         if self.device.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self._restored_compile = state["compile"]
 
     def finish(self) -> dict[str, Any]:
         p = self.progress
+        self._check_finite_weights("model.pt")
         test_accuracy, test_loss = self.evaluate(self.test_split)
         model_file = {
             "spec": self.spec.to_dict(),
@@ -608,10 +734,27 @@ class CGaPRecipe:
             plot_growth(self.out_dir, p.trajectory, p.phases, self.widths_full)
         except ImportError as err:  # matplotlib missing: the run is still complete
             print(f"growth.png skipped: {err}", file=sys.stderr)
+        self.finished = True
         return summary
 
     def cleanup(self) -> None:
+        """Close the sinks, release the folder; a run that never reached a checkpoint leaves nothing behind."""
         telemetry = getattr(self, "telemetry", None)
         if telemetry is not None:
             telemetry.close()
+        if self._lock is not None:
+            if not self.finished:
+                runfolder.remove_unfinished(self.out_dir, self._created_folder)
+            self._lock.release()
+            self._lock = None
         shutdown()
+        if self._previous_handlers is not None:
+            signals.restore(self._previous_handlers)
+            self._previous_handlers = None
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None

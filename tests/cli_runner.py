@@ -3,7 +3,10 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = str(ROOT / "recipes" / "quickstart.toml")
@@ -54,3 +57,30 @@ EVERY_PHASE = [
     "train.log_every=10",
     "checkpoint.every=3",
 ]
+
+
+def start(out, *overrides, resume=False):
+    """The quickstart (with ``overrides``) into ``out`` as a background process; ``resume``: --resume out."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "0"}
+    args = ["--resume", str(out)] if resume else [QUICK, *overrides, "--out", str(out)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "cgap_triton", "recipe", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def wait_for_event(out, name, proc, timeout=120, count=1):
+    """Wait until metrics.jsonl holds ``count`` events ``name``; fail if the process ends first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = out / "metrics.jsonl"
+        if path.is_file() and path.read_text().count(f'"event": "{name}"') >= count:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before a {name} event: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    pytest.fail(f"no {name} event within {timeout} s")

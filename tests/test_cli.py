@@ -80,7 +80,8 @@ def test_bad_overrides_exit_2_with_every_problem_and_no_traceback(tmp_path):
 def test_existing_run_folder_is_refused(short_run):
     out, _ = short_run
     result = cli("recipe", QUICK, "--out", str(out))
-    assert result.returncode == 2 and "not empty" in result.stderr and "--resume" in result.stderr
+    assert result.returncode == 2 and "not empty" in result.stderr and "a finished run" in result.stderr
+    assert "--resume" not in result.stderr  # a finished run is not resumed
 
 
 def test_missing_dataset_names_the_files_and_leaves_nothing(tmp_path):

@@ -77,7 +77,8 @@ def test_a_disagreement_between_ranks_is_caught_on_every_rank():
 def test_global_batch_must_split_over_ranks(tmp_path):
     result = torchrun("recipe", QUICK, "data.batch_size=33", "--out", str(tmp_path / "x"), timeout=300)
     assert result.returncode != 0
-    assert "must divide evenly over 2 ranks" in result.stderr
+    assert "data.batch_size: expected a global batch that divides evenly over the 2 ranks" in result.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_two_rank_run_resumes_on_one_rank(tmp_path):

@@ -2,48 +2,19 @@
 
 import json
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from cli_runner import QUICK, ROOT, SHORT, cli
+from cli_runner import QUICK, ROOT, SHORT, cli, start, wait_for_event
 
 from cgap_triton.checkpoint import CheckpointError, atomic_save, load_checkpoint
 
 RUN = [*SHORT, "checkpoint.every=0"]  # checkpoints only at phase boundaries, the end, and on interrupts
 
 
-def start(out, *extra):
-    import os
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "0"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "cgap_triton", "recipe", QUICK, *RUN, *extra, "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-
-
-def wait_for_event(out, name, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        path = out / "metrics.jsonl"
-        if path.is_file() and f'"event": "{name}"' in path.read_text():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"run ended before a {name} event: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.05)
-    pytest.fail(f"no {name} event within {timeout} s")
-
-
 def interrupt(out, after_event: str, signum: int, status: int) -> str:
     """Start a run, send ``signum`` once ``after_event`` is logged; check the exit status; return stderr."""
-    proc = start(out)
+    proc = start(out, *RUN)
     wait_for_event(out, after_event, proc)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
@@ -100,12 +71,45 @@ def test_nan_loss_stops_with_step_and_phase(tmp_path):
     assert not (out / "checkpoint.pt").exists()  # nothing the bad loss touched was saved
 
 
-def test_nan_policy_skip_keeps_going(tmp_path):
+def test_nan_policy_skip_stops_a_run_that_only_skips(tmp_path):
+    """A diverged run under "skip" would skip every step and save NaN weights: it stops at the limit instead."""
     out = tmp_path / "skip"
     overrides = ["optim.lr=1e30", 'optim.schedule="constant"', 'train.nan_policy="skip"', "train.epochs=2"]
-    result = cli("recipe", QUICK, *RUN, *overrides, "--out", str(out))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert summary(out)["skipped_steps"] > 0
+    result = cli("recipe", QUICK, *RUN, *overrides, "train.skip_limit=4", "--out", str(out))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "4 steps skipped in a row" in result.stderr and "train.skip_limit = 4" in result.stderr
+    assert not (out / "summary.json").exists() and not (out / "model.pt").exists()
+
+
+def test_nan_policy_skip_skips_rare_bad_batches(tmp_path):
+    """A step whose loss is NaN is skipped (the weights never see it); the run finishes with finite weights."""
+    from cgap_triton.recipe import load_recipe
+    from cgap_triton.train import CGaPRecipe
+
+    recipe = load_recipe(QUICK, [*RUN, 'train.nan_policy="skip"', "train.epochs=1", "dashboard.enabled=false"])
+    out = tmp_path / "rare"
+    run = CGaPRecipe(recipe, out)
+    try:
+        run.setup()
+        forwards = []
+
+        def poison_third_training_batch(module, inputs, output):
+            if module.training:
+                forwards.append(1)
+                if len(forwards) == 3:
+                    return output * float("nan")
+            return output
+
+        run.model.register_forward_hook(poison_third_training_batch)
+        summary = run.train()
+    finally:
+        run.cleanup()
+    assert summary["skipped_steps"] == 1 and summary["steps"] == len(forwards)
+    saved = load_checkpoint(out / "model.pt")["state_dict"]
+    assert all(torch.isfinite(t).all() for t in saved.values() if t.is_floating_point())
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "skipped_step"] == [3]
 
 
 def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
@@ -131,8 +135,9 @@ class Evil:
 def test_checkpoints_load_without_running_code(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": Evil()}, path)
-    with pytest.raises(CheckpointError, match="not a readable cgap_triton checkpoint"):
+    with pytest.raises(CheckpointError, match="not a cgap_triton checkpoint") as refused:
         load_checkpoint(path)
+    assert "weights_only=False" not in str(refused.value)  # never advise the unsafe load
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
