@@ -627,8 +627,8 @@ class CGaPRecipe:
         }
         try:
             atomic_save(state, self.out_dir / "checkpoint.pt")
-        except OSError as err:
-            raise CheckpointError(
+        except OSError as err:  # a full disk, say: the run cannot go on, and the user's input was fine
+            raise TrainingStopped(
                 f"{self.out_dir / 'checkpoint.pt'}: could not be written ({err.strerror}); the previous checkpoint, "
                 "if any, is unchanged"
             ) from None

@@ -223,3 +223,18 @@ def test_load_model_refuses_other_files(tmp_path):
     (tmp_path / "garbage.pt").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="not a readable cgap_triton checkpoint"):
         load_model(tmp_path / "garbage.pt")
+
+
+def test_overrides_are_accepted_before_and_after_options(capsys):
+    assert cli.main(["recipe", QUICK, "--print-config", "optim.lr=0.05", "train.epochs=7"]) == 0
+    printed = capsys.readouterr().out
+    assert "lr = 0.05" in printed and "epochs = 7" in printed
+    assert cli.main(["recipe", QUICK, "optim.lr=0.04", "--print-config", "train.epochs=8"]) == 0
+    printed = capsys.readouterr().out
+    assert "lr = 0.04" in printed and "epochs = 8" in printed
+
+
+def test_sweep_takes_overrides_after_its_options(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "recipes/shapes_vgg.toml", "--targets", "0.5", "--out", str(out), "optim.lrr=0.1"]
+    refused(capsys, args, "unknown key 'optim.lrr'", "did you mean 'optim.lr'", folder=out)

@@ -138,3 +138,32 @@ def test_a_run_that_fails_before_its_first_checkpoint_can_be_started_again(tmp_p
     again = cli("recipe", QUICK, *SHORT, "train.epochs=1", "--out", str(out))
     assert again.returncode == 0, again.stderr[-2000:]
     assert_no_duplicates(out)
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import torch
+
+    from cgap_triton import cli as command
+
+    out = tmp_path / "full"
+    real_save, saves = torch.save, []
+
+    def save_until_the_disk_fills(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) >= 3:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    status = command.main(["recipe", QUICK, *LONG, "--no-dashboard", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert "No space left on device" in err and "the previous checkpoint, if any, is unchanged" in err
+    assert "Traceback" not in err
+    monkeypatch.undo()
+    state = load_checkpoint(out / "checkpoint.pt")  # the second save's checkpoint, whole
+    assert state["progress"]["step"] > 0
+    assert not list(out.glob(".*"))  # no temporary, no lock
