@@ -30,7 +30,7 @@ import cgap_triton.cgap.surgery as surgery
 from cgap_triton.models import VGG_CFGS, ModelSpec, build_model
 
 from .common import gpu_median_ms
-from .training import Trainer, Workload, change_cost_plan
+from .training import Trainer, Workload, change_cost_plan, with_noise
 
 TARGETS = {"copy_fraction": 0.80, "vs_torch": 10.0, "vs_compiled": 2.0}  # channel_stats on VGG-19, H100
 
@@ -137,7 +137,7 @@ def capture_change(workload: Workload, kind: str, device: torch.device) -> list[
     surgery.gather_channels_many = recording
     try:
         surgery.apply_width_change(
-            trainer.model, change, optimizer=trainer.optimizer, saliency=trainer.tracker.buffers, noise=0.01
+            trainer.model, with_noise(change, 0.01), optimizer=trainer.optimizer, saliency=trainer.tracker.buffers
         )
     finally:
         surgery.gather_channels_many = original

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from cgap_triton.cgap import SaliencyTracker, Schedule, apply_width_change
+from cgap_triton.cgap import SaliencyTracker, Schedule, WidthChange, apply_width_change
 from cgap_triton.models import VGG_CFGS, ModelSpec, SizeOracle, build_model, round_up, seed_widths
 from cgap_triton.recipe import Recipe
+from cgap_triton.step import TrainStep
 
 from .common import REPO_ROOT, median_seconds
 
@@ -161,7 +161,7 @@ def final_widths(spec: ModelSpec, target_reduction: float, round_to: int) -> dic
 
 
 class Trainer:
-    """One model with its SGD optimizer and saliency tracker, stepping like ``CGaPRecipe._train_step``."""
+    """One model with its SGD optimizer and saliency tracker, stepping through the trainer's own ``TrainStep``."""
 
     def __init__(self, workload: Workload, widths: dict[str, int], device: torch.device, seed: int = 0):
         torch.manual_seed(seed)
@@ -172,23 +172,18 @@ class Trainer:
         shape = (workload.batch_size, spec.in_channels, spec.image_size, spec.image_size)
         self.x = torch.randn(shape, device=device)
         self.y = torch.randint(0, spec.num_classes, (workload.batch_size,), device=device)
-        self.forward = self.model
+        self.train_step = TrainStep(self.model, self.optimizer, self.tracker, device_type=device.type)
         self.steps = 0
 
     def compile(self, backend: str) -> None:
         torch.compiler.reset()
-        self.forward = torch.compile(self.model, backend=backend)
+        self.train_step.model = torch.compile(self.model, backend=backend)
 
     def eager(self) -> None:
-        self.forward = self.model
+        self.train_step.model = self.model
 
     def step(self) -> None:
-        logits = self.forward(self.x)
-        loss = F.cross_entropy(logits, self.y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.tracker.update(self.steps)
-        self.optimizer.step()
+        self.train_step(self.x, self.y, self.steps)
         self.steps += 1
 
 
@@ -242,6 +237,11 @@ def step_times(
     return rows
 
 
+def with_noise(change: WidthChange, noise: float) -> WidthChange:
+    """``change`` with the relative noise on copied filters that a run's schedule would decide."""
+    return WidthChange(change.kind, {k: dataclasses.replace(g, noise=noise) for k, g in change.groups.items()})
+
+
 def change_cost_plan(workload: Workload, kind: str) -> tuple[dict[str, int], Callable]:
     """Widths before a typical change of ``kind`` and the real schedule's planner for it: growth from the
     seed at rate 0.25, pruning at full width of 15 % of the units."""
@@ -281,10 +281,9 @@ def change_cost(workload: Workload, device: torch.device, backend: str | None, *
         surgery = partial(
             apply_width_change,
             trainer.model,
-            change,
+            with_noise(change, 0.01),
             optimizer=trainer.optimizer,
             saliency=trainer.tracker.buffers,
-            noise=0.01,
         )
         surgery_seconds = timed(surgery, device)
         recompile_seconds = None

@@ -181,7 +181,7 @@ def _recipe(args) -> int:
         return 0
     from rich.console import Console
 
-    from .report import summary_table
+    from .telemetry.report import summary_table
 
     Console().print(summary_table({out.name: summary}))
     print(f"run folder: {out}")
@@ -226,7 +226,7 @@ def _report(args) -> int:
     not writable), the others still reported. Exit status: 0 when every run was reported; 2 when none of the
     arguments is a run at all (every one a missing folder or one without summary.json: nothing to report);
     1 otherwise when any run could not be reported."""
-    from .report import ReportError, RunNotFound, print_report, regenerate_growth
+    from .telemetry.report import ReportError, RunNotFound, print_report, regenerate_growth
 
     runs = [Path(d) for d in args.runs]
     problems = print_report(runs)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .recipe import CompileConfig
+from .telemetry.events import Compiled, CompileFallback, Compiling, Event
 
 EAGER_PROBE_STEPS = 8  # eager steps measured at the start of a run under policy "auto"
 OPTIMISTIC_GAIN = 0.5  # before any measurement: compiled steps assumed to take half the eager time
@@ -53,7 +54,7 @@ class CompiledModel:
         self,
         model: nn.Module,
         cfg: CompileConfig,
-        log_event: Callable[[dict[str, Any]], None],
+        log_event: Callable[[Event], None],
         steps_left: Callable[[], int | None] = lambda: None,
     ):
         self.raw, self.cfg, self.log_event, self.steps_left = model, cfg, log_event, steps_left
@@ -80,7 +81,7 @@ class CompiledModel:
         if not self.use_compiled:
             return self.raw(x)
         if self.compiled is None:
-            self.log_event({"event": "compiling", "reason": self._reason, "backend": self.cfg.backend})
+            self.log_event(Compiling(reason=self._reason, backend=self.cfg.backend))
             mode = None if self.cfg.mode == "default" else self.cfg.mode
             self.compiled = torch.compile(self.raw, backend=self.cfg.backend, mode=mode)
             self._first_compiled_step = True
@@ -104,16 +105,7 @@ class CompiledModel:
         self.compilations += 1
         self.compile_seconds += cost
         graphs = _dynamo_counts()[0] - self._counts[0]
-        self.log_event(
-            {
-                "event": "compile",
-                "step": step,
-                "reason": self._reason,
-                "seconds": cost,
-                "count": self.compilations,
-                "graphs": graphs,
-            }
-        )
+        self.log_event(Compiled(step=step, reason=self._reason, seconds=cost, count=self.compilations, graphs=graphs))
         self.check_fallbacks(step)
 
     def check_fallbacks(self, step: int) -> None:
@@ -124,14 +116,12 @@ class CompiledModel:
         if self.active and (failed or unsupported):
             self.fallbacks += 1
             self.log_event(
-                {
-                    "event": "compile_fallback",
-                    "step": step,
-                    "reason": self._reason,
-                    "detail": f"{failed} frame(s) failed to compile and ran eager; "
-                    f"{unsupported} unsupported construct(s); run with TORCH_LOGS=recompiles,"
-                    f"graph_breaks to see where",
-                }
+                CompileFallback(
+                    step=step,
+                    reason=self._reason,
+                    detail=f"{failed} frame(s) failed to compile and ran eager; {unsupported} unsupported "
+                    "construct(s); run with TORCH_LOGS=recompiles,graph_breaks to see where",
+                )
             )
 
     def invalidate(self, reason: str, steps_until_next_change: int | None = None) -> None:

@@ -244,7 +244,7 @@ _MEANS = ("params", "params_reduction", "macs_reduction", "train_macs_ratio", "w
 
 def _finished_summary(run_dir: Path, out: Path) -> dict[str, Any]:
     """A finished run's summary.json, read back when a sweep is continued (SweepError when it is damaged)."""
-    from .report import ReportError, load_summary
+    from .telemetry.report import ReportError, load_summary
 
     try:
         summary = load_summary(run_dir)
@@ -361,7 +361,7 @@ def plot_sweep(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import save_figure
+    from .telemetry.report import save_figure
 
     fig, ax = plt.subplots(figsize=(8, 5.2))
     for method in ("cgap", "prune_only"):

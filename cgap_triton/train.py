@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import runfolder, signals
-from .cgap import SaliencyTracker, Schedule, WidthChange, apply_width_change
+from .cgap import SaliencyTracker, Schedule, Structure, WidthChange
 from .checkpoint import CheckpointError, atomic_save, atomic_write_text, load_checkpoint, validate_checkpoint
 from .compile import CompiledModel
 from .data import Batches, DataError, Dataset, load_dataset
@@ -31,7 +31,9 @@ from .environment import resolve_device  # noqa: F401 — the trainer's public h
 from .models import ModelSpec, SizeOracle, build_model, seed_widths, spec_from_recipe
 from .recipe import Recipe, RecipeError, build_recipe, to_toml
 from .signals import Interrupted
+from .step import TrainStep
 from .telemetry import JsonlSink, StdoutSink, Telemetry
+from .telemetry.events import CheckpointSaved, Evaluated, Finished, PhaseChanged, SkippedStep, Started, Stopped
 
 __all__ = ["CGaPRecipe", "Interrupted", "Progress", "TrainingStopped"]
 
@@ -49,13 +51,10 @@ class Progress:
     batch: int = 0  # batches done within ``epoch``
     train_macs: int = 0
     train_macs_dense: int = 0
-    peak_params: int = 0
     skipped_steps: int = 0
     skipped_in_a_row: int = 0
     val_accuracy: float = 0.0
-    trajectory: list[dict] = field(default_factory=list)  # params and widths over training (growth curve)
     phases: list[dict] = field(default_factory=list)  # phase boundaries
-    change_counts: dict[str, int] = field(default_factory=dict)  # structural changes by kind
     wall_seconds: float = 0.0
 
 
@@ -164,6 +163,14 @@ class CGaPRecipe:
             params_of=self.sizes.params,
             seed=r.run.seed,
         )
+        self.structure = Structure(
+            self.model,
+            self.optimizer,
+            self.tracker,
+            self.sizes,
+            params_full=self.params_full,
+            channels_last=r.train.channels_last,
+        )
         self.progress = Progress()
         self._restored_compile: dict[str, Any] = {}  # compile counts of the run's earlier processes
         self._validated: tuple[tuple[int, int], float] | None = None  # ((step, changes), accuracy)
@@ -180,7 +187,7 @@ class CGaPRecipe:
             keep = state.get("metrics_bytes") if state else None
             sinks.append(JsonlSink(self.out_dir / "metrics.jsonl", append=self.resume, truncate_to=keep))
             if self.want_dashboard:
-                from .dashboard import Dashboard
+                from .telemetry.dashboard import Dashboard
 
                 sinks.append(Dashboard(refresh_per_second=r.dashboard.refresh_per_second))
             else:
@@ -192,31 +199,45 @@ class CGaPRecipe:
             self.telemetry.log_event,
             steps_left=lambda: self.schedule.steps_until_next_change(self.progress.step),
         )
-        self.params, self.macs = self.sizes(self.model.widths)
-        self.progress.peak_params = max(self.progress.peak_params, self.params)
+        self.step = TrainStep(
+            self.compiled,
+            self.optimizer,
+            self.tracker,
+            device_type=self.device.type,
+            precision=r.train.precision,
+            label_smoothing=r.train.label_smoothing,
+        )
         self.telemetry.log_event(
-            {
-                "event": "start" if not state else "resume",
-                "step": self.progress.step,
-                "device": str(self.device),
-                "world_size": self.world.size,
-                "recipe": self.recipe_name,
-                "data": self.data.name + (" (synthetic)" if self.data.synthetic else ""),
-                "widths": self.model.widths,
-                "widths_full": self.widths_full,
-                "widths_seed": self.widths_seed,
-                "params": self.params,
-                "params_full": self.params_full,
-                "macs": self.macs,
-                "macs_full": self.macs_full,
-                "phase": self.schedule.phase,
-                "total_steps": self.schedule.total_steps,
-                "steps_per_epoch": len(self.batches),
-                "epochs": r.train.epochs,
-            }
+            Started(
+                resumed=state is not None,
+                step=self.progress.step,
+                device=str(self.device),
+                world_size=self.world.size,
+                recipe=self.recipe_name,
+                data=self.data.name + (" (synthetic)" if self.data.synthetic else ""),
+                widths=self.model.widths,
+                widths_full=self.widths_full,
+                widths_seed=self.widths_seed,
+                params=self.params,
+                params_full=self.params_full,
+                macs=self.macs,
+                macs_full=self.macs_full,
+                phase=self.schedule.phase.value,
+                total_steps=self.schedule.total_steps,
+                steps_per_epoch=len(self.batches),
+                epochs=r.train.epochs,
+            )
         )
         if not state:
-            self._record_trajectory()
+            self.structure.record(0)
+
+    @property
+    def params(self) -> int:
+        return self.structure.params
+
+    @property
+    def macs(self) -> int:
+        return self.structure.macs
 
     def _wrap(self) -> torch.nn.Module:
         """The module the training step calls: the raw model, or DDP around it on several ranks."""
@@ -287,9 +308,7 @@ class CGaPRecipe:
             p.epoch += 1
             p.batch = 0
             p.val_accuracy = self._validation_accuracy()
-            self.telemetry.log_event(
-                {"event": "eval", "step": p.step, "epoch": p.epoch, "val_accuracy": p.val_accuracy}
-            )
+            self.telemetry.log_event(Evaluated(step=p.step, epoch=p.epoch, val_accuracy=p.val_accuracy))
             p.wall_seconds = time.perf_counter() - started
             if r.checkpoint.every and p.epoch % r.checkpoint.every == 0 or p.epoch == r.train.epochs:
                 self.save_checkpoint()
@@ -301,12 +320,7 @@ class CGaPRecipe:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        with self._autocast():
-            logits = self.compiled(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.train.label_smoothing)
-        # Zeroed in place, not freed: gradients keep their addresses, so channel_stats reuses its
-        # cached descriptor table instead of rebuilding and uploading it every step.
-        self.optimizer.zero_grad(set_to_none=False)
+        loss, logits = self.step.forward(x, y)
         if self.world.distributed or self.recipe.train.nan_policy == "skip":
             # Decided now, at the cost of a host sync (one small all-reduce on several ranks): the ranks
             # skip, stop or go on together, and a skipped batch never reaches the weights.
@@ -324,7 +338,7 @@ class CGaPRecipe:
             if self.recipe.train.nan_policy == "stop":
                 self._stop_on_bad_loss(p.step + 1, loss.item())
             return self._skip(f"loss is {loss.item()}")
-        loss.backward()
+        self.step.backward(loss)
         if self.recipe.train.nan_policy == "skip":
             grads = [q.grad for q in self.model.parameters() if q.grad is not None]
             finite = torch.stack(torch._foreach_norm(grads)).isfinite().all()
@@ -333,8 +347,7 @@ class CGaPRecipe:
                 self.optimizer.zero_grad(set_to_none=False)
                 return self._skip("gradients are not finite")
         p.skipped_in_a_row = 0
-        self.tracker.update(p.step)
-        self.optimizer.step()
+        self.step.update(p.step)
         p.step += 1
         batch = y.numel() * self.world.size  # the global batch
         p.train_macs += 3 * self.macs * batch  # forward + backward ≈ 3 × forward MACs
@@ -345,13 +358,13 @@ class CGaPRecipe:
         """Skip this step (nan_policy "skip"); stop the run once skipping is the rule, not the exception."""
         p, t = self.progress, self.recipe.train
         where = f"step {p.step + 1} (epoch {p.epoch}, phase {self.schedule.phase}): {why}"
-        self.telemetry.log_event({"event": "skipped_step", "step": p.step + 1, "reason": where})
+        self.telemetry.log_event(SkippedStep(step=p.step + 1, reason=where))
         p.skipped_steps += 1
         p.skipped_in_a_row += 1
         p.step += 1
         too_many = p.skipped_steps >= t.skip_limit and p.skipped_steps > t.skip_fraction * p.step
         if p.skipped_in_a_row >= t.skip_limit or too_many:
-            self.telemetry.log_event({"event": "stopped", "step": p.step, "reason": where})
+            self.telemetry.log_event(Stopped(step=p.step, reason=where))
             raise TrainingStopped(
                 f"{where}; {p.skipped_in_a_row} steps skipped in a row and {p.skipped_steps} of {p.step} in all "
                 f"(limits: train.skip_limit = {t.skip_limit} in a row, train.skip_fraction = {t.skip_fraction} of "
@@ -378,7 +391,7 @@ class CGaPRecipe:
         if self.world.distributed:
             where += f" (on rank {self.world.rank}, or another rank)"
         kept = self._kept_checkpoint()
-        self.telemetry.log_event({"event": "stopped", "step": step, "reason": where})
+        self.telemetry.log_event(Stopped(step=step, reason=where))
         raise TrainingStopped(
             f'{where}; the run stopped, {kept}. Lower optim.lr, or set train.nan_policy="skip" to skip such batches.'
         )
@@ -398,7 +411,7 @@ class CGaPRecipe:
             "images_per_second": window["images"] * self.world.size / max(1e-9, now - window["time"]),
             "params": self.params,
             "macs": self.macs,
-            "peak_params": p.peak_params,
+            "peak_params": self.structure.peak_params,
             "widths": self.model.widths,
             "train_macs": p.train_macs,
             "compiled": self.compiled.active,
@@ -432,65 +445,30 @@ class CGaPRecipe:
                 [p.step, before, self.schedule.phase, groups], f"the decision at step {p.step}", self.world
             )
         if decision.change is not None:
-            self._apply(decision.change, before)
+            self._apply(decision.change)
         for event in decision.events:
-            event.setdefault("epoch", p.step / len(self.batches))
             self.telemetry.log_event(event)
-            if event["event"] == "phase":
-                p.phases.append({"step": event["step"], "phase": event["to"]})
+            if isinstance(event, PhaseChanged):
+                p.phases.append({"step": event.step, "phase": event.to})
         if self.schedule.phase != phase_before:
             if decision.change is None:
                 self.compiled.reconsider(self.schedule.steps_until_next_change(p.step))
             self.save_checkpoint()
 
-    def _apply(self, change: WidthChange, before: dict[str, int]) -> None:
-        r, p = self.recipe, self.progress
+    def _apply(self, change: WidthChange) -> None:
+        p = self.progress
         if self.world.distributed:
             # DDP's reducer keeps each parameter's gradient accumulator alive, with the old shape baked in:
             # the old wrapper must be gone before surgery, or the next backward fails on the stale shapes.
             self.compiled.raw = self.model
             self.compiled.invalidate("before surgery")
             gc.collect()
-        apply_width_change(
-            self.model,
-            change,
-            optimizer=self.optimizer,
-            saliency=self.tracker.buffers,
-            init=r.cgap.grow.init,
-            noise=r.cgap.grow.noise,
-            seed=(r.run.seed * 7_919 + self.schedule.changes) % 2**31,
-        )
-        if r.train.channels_last:  # surgery's outputs are contiguous: restore NHWC, same Parameter objects
-            self.model.to(memory_format=torch.channels_last)
-        self.params, self.macs = self.sizes(self.model.widths)
-        p.peak_params = max(p.peak_params, self.params)
-        kind = change.kind
-        self.telemetry.log_event(
-            {
-                "event": kind,
-                "step": p.step,
-                "epoch": p.step / len(self.batches),
-                "change": change.summary(before),
-                "widths": self.model.widths,
-                "params": self.params,
-                "macs": self.macs,
-                "params_reduction": 1 - self.params / self.params_full,
-                "changes": self.schedule.changes,
-            }
-        )
-        self._record_trajectory()
-        counts = self.progress.change_counts
-        counts[kind] = counts.get(kind, 0) + 1
-        noun = "growth" if kind == "grow" else "pruning"
+        self.telemetry.log_event(self.structure.apply(change, step=p.step, epoch=p.step / len(self.batches)))
         if self.world.distributed:  # DDP's buckets hold the old shapes: wrap the changed module afresh
             self.compiled.raw = self._wrap()
+        noun = "growth" if change.kind == "grow" else "pruning"
         self.compiled.invalidate(
-            f"after {noun} step {counts[kind]}", self.schedule.steps_until_next_change(self.progress.step)
-        )
-
-    def _record_trajectory(self) -> None:
-        self.progress.trajectory.append(
-            {"step": self.progress.step, "params": self.params, "widths": self.model.widths}
+            f"after {noun} step {self.structure.counts[change.kind]}", self.schedule.steps_until_next_change(p.step)
         )
 
     def _validation_accuracy(self) -> float:
@@ -522,18 +500,13 @@ class CGaPRecipe:
         correct = torch.zeros((), device=self.device)
         total_loss = torch.zeros((), device=self.device)
         for x, y in batches:
-            with self._autocast():
+            with self.step.autocast():
                 logits = self.model(x).float()
             total_loss += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         self.model.train()
         n = max(1, len(split))
         return float(correct) / n, float(total_loss) / n
-
-    def _autocast(self):
-        """bf16 autocast for the forward pass when the recipe asks for it (weights and optimizer stay fp32)."""
-        enabled = self.recipe.train.precision == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _on_signal(self, signum, frame) -> None:
         """The first SIGINT/SIGTERM stops the run: during setup at once (nothing to save yet), during training
@@ -593,7 +566,7 @@ class CGaPRecipe:
             return
         p = self.progress
         where = f"step {p.step} (epoch {p.epoch}, phase {self.schedule.phase})"
-        self.telemetry.log_event({"event": "stopped", "step": p.step, "reason": f"{where}: weights not finite"})
+        self.telemetry.log_event(Stopped(step=p.step, reason=f"{where}: weights not finite"))
         raise TrainingStopped(
             f"{where}: the weights are not finite, so {what} was not written; {self._kept_checkpoint()}. "
             "Lower optim.lr."
@@ -607,7 +580,7 @@ class CGaPRecipe:
         p = self.progress
         self.telemetry.flush()
         state = {
-            "format": 1,
+            "format": 2,
             "recipe": self.recipe.to_dict(),
             "recipe_name": self.recipe_name,
             "spec": self.spec.to_dict(),
@@ -616,6 +589,7 @@ class CGaPRecipe:
             "optimizer": self.optimizer.state_dict(),
             "saliency": self.tracker.state_dict(),
             "schedule": self.schedule.state_dict(),
+            "structure": self.structure.state_dict(),
             "progress": {k: getattr(p, k) for k in p.__dataclass_fields__},
             "compile": self.compiled.state(),
             "rng": {
@@ -632,7 +606,7 @@ class CGaPRecipe:
                 f"{self.out_dir / 'checkpoint.pt'}: could not be written ({err.strerror}); the previous checkpoint, "
                 "if any, is unchanged"
             ) from None
-        self.telemetry.log_event({"event": "checkpoint", "step": p.step, "path": str(self.out_dir / "checkpoint.pt")})
+        self.telemetry.log_event(CheckpointSaved(step=p.step, path=str(self.out_dir / "checkpoint.pt")))
 
     def _check_same_recipe(self, state: dict) -> None:
         try:
@@ -652,7 +626,14 @@ class CGaPRecipe:
             self.optimizer.load_state_dict(state["optimizer"])
             self.tracker.load_state_dict(state["saliency"])
             self.schedule.load_state_dict(dict(state["schedule"]))
-            self.progress = Progress(**state["progress"])
+            progress = dict(state["progress"])
+            structure = state.get("structure") or {  # format 1 kept these in progress
+                "peak_params": progress.pop("peak_params"),
+                "counts": progress.pop("change_counts"),
+                "trajectory": progress.pop("trajectory"),
+            }
+            self.structure.load_state_dict(structure)
+            self.progress = Progress(**progress)
             torch.set_rng_state(state["rng"]["torch"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(
@@ -690,14 +671,14 @@ class CGaPRecipe:
             "macs_full": self.macs_full,
             "params_reduction": 1 - self.params / self.params_full,
             "macs_reduction": 1 - self.macs / self.macs_full,
-            "peak_params": p.peak_params,
+            "peak_params": self.structure.peak_params,
             "params_seed": self.sizes.params(self.widths_seed),
             "widths": self.model.widths,
             "widths_full": self.widths_full,
             "widths_seed": self.widths_seed,
             "structural_changes": self.schedule.changes,
-            "growth_steps": p.change_counts.get("grow", 0),
-            "pruning_steps": p.change_counts.get("prune", 0),
+            "growth_steps": self.structure.counts.get("grow", 0),
+            "pruning_steps": self.structure.counts.get("prune", 0),
             "train_macs": p.train_macs,
             "train_macs_dense": p.train_macs_dense,
             "train_macs_ratio": p.train_macs / max(1, p.train_macs_dense),
@@ -720,18 +701,17 @@ class CGaPRecipe:
             return summary
         atomic_write_text(json.dumps(summary, indent=2) + "\n", self.out_dir / "summary.json")
         self.telemetry.log_event(
-            {
-                "event": "done",
-                "step": p.step,
-                "test_accuracy": test_accuracy,
-                "params": self.params,
-                "params_reduction": summary["params_reduction"],
-            }
+            Finished(
+                step=p.step,
+                test_accuracy=test_accuracy,
+                params=self.params,
+                params_reduction=summary["params_reduction"],
+            )
         )
         try:
-            from .report import plot_growth
+            from .telemetry.report import plot_growth
 
-            plot_growth(self.out_dir, p.trajectory, p.phases, self.widths_full)
+            plot_growth(self.out_dir, self.structure.trajectory, p.phases, self.widths_full)
         except ImportError as err:  # matplotlib missing: the run is still complete
             print(f"growth.png skipped: {err}", file=sys.stderr)
         self.finished = True

@@ -17,8 +17,19 @@ from cli_runner import EVERY_PHASE as SHORT
 from cli_runner import QUICK, ROOT
 from rich.console import Console
 
-from cgap_triton.dashboard import Dashboard, sparkline, width_bar
 from cgap_triton.telemetry import StdoutSink
+from cgap_triton.telemetry.dashboard import Dashboard, sparkline, width_bar
+from cgap_triton.telemetry.events import (
+    STRUCTURAL_CHANGES,
+    CheckpointSaved,
+    Compiled,
+    CompileFallback,
+    Compiling,
+    Evaluated,
+    GrowthStopped,
+    PhaseChanged,
+    Started,
+)
 
 VGG_FULL = {"conv1": 32, "conv2": 32, "conv3": 64, "conv4": 64, "conv5": 128, "conv6": 128}
 RESNET110_FULL = {f"s{s}b{b}": w for s, w in ((1, 16), (2, 32), (3, 64)) for b in range(1, 19)}
@@ -59,17 +70,16 @@ def run_sequence(full: dict[str, int]) -> list[tuple[str, dict]]:
         params, macs = size(after)
         return (
             "event",
-            {
-                "event": kind,
-                "step": step,
-                "epoch": step / 35,
-                "change": {g: [before[g], after[g]] for g in after if before[g] != after[g]},
-                "widths": dict(after),
-                "params": params,
-                "macs": macs,
-                "params_reduction": 1 - params / size(full)[0],
-                "changes": 1,
-            },
+            STRUCTURAL_CHANGES[kind](
+                step=step,
+                epoch=step / 35,
+                change={g: [before[g], after[g]] for g in after if before[g] != after[g]},
+                widths=dict(after),
+                params=params,
+                macs=macs,
+                params_reduction=1 - params / size(full)[0],
+                changes=1,
+            ),
         )
 
     grown1 = {g: w + 4 for g, w in seed.items()}
@@ -81,38 +91,38 @@ def run_sequence(full: dict[str, int]) -> list[tuple[str, dict]]:
     return [
         (
             "event",
-            {
-                "event": "start",
-                "step": 0,
-                "device": "cpu",
-                "recipe": "quickstart",
-                "data": "digits",
-                "widths": dict(seed),
-                "widths_full": dict(full),
-                "widths_seed": dict(seed),
-                "params": params,
-                "params_full": full_params,
-                "macs": macs,
-                "macs_full": full_macs,
-                "phase": "seed",
-                "total_steps": 280,
-                "steps_per_epoch": 35,
-                "epochs": 8,
-            },
+            Started(
+                step=0,
+                device="cpu",
+                world_size=1,
+                recipe="quickstart",
+                data="digits",
+                widths=dict(seed),
+                widths_full=dict(full),
+                widths_seed=dict(seed),
+                params=params,
+                params_full=full_params,
+                macs=macs,
+                macs_full=full_macs,
+                phase="seed",
+                total_steps=280,
+                steps_per_epoch=35,
+                epochs=8,
+            ),
         ),
-        ("event", {"event": "compiling", "reason": "at start", "backend": "aot_eager"}),
-        ("event", {"event": "compile", "step": 1, "reason": "at start", "seconds": 1.5, "count": 1}),
+        ("event", Compiling(reason="at start", backend="aot_eager")),
+        ("event", Compiled(step=1, reason="at start", seconds=1.5, count=1)),
         metrics(10, "seed", seed, 2.1, 0.3, params),
         change("grow", 18, seed, grown1),
-        ("event", {"event": "phase", "step": 18, "from": "seed", "to": "grow", "epoch": 18 / 35}),
-        ("event", {"event": "compiling", "reason": "after grow step 1", "backend": "aot_eager"}),
+        ("event", PhaseChanged(step=18, from_phase="seed", to="grow", epoch=18 / 35)),
+        ("event", Compiling(reason="after grow step 1", backend="aot_eager")),
         metrics(20, "grow", grown1, 1.2, 0.6, size(grown1)[0]),
-        ("event", {"event": "eval", "step": 35, "epoch": 1, "val_accuracy": 0.71}),
+        ("event", Evaluated(step=35, epoch=1, val_accuracy=0.71)),
         change("grow", 36, grown1, grown2),
-        ("event", {"event": "growth_stopped", "step": 54, "reason": "reached grow.until (0.4 of training)"}),
-        ("event", {"event": "phase", "step": 54, "from": "grow", "to": "stabilize"}),
-        ("event", {"event": "checkpoint", "step": 54, "path": "/tmp/run/checkpoint.pt"}),
-        ("event", {"event": "phase", "step": 70, "from": "stabilize", "to": "prune"}),
+        ("event", GrowthStopped(step=54, reason="reached grow.until (0.4 of training)")),
+        ("event", PhaseChanged(step=54, from_phase="grow", to="stabilize")),
+        ("event", CheckpointSaved(step=54, path="/tmp/run/checkpoint.pt")),
+        ("event", PhaseChanged(step=70, from_phase="stabilize", to="prune")),
         change("prune", 70, grown2, pruned),
         metrics(80, "prune", pruned, 0.4, 0.9, peak),
     ]
@@ -153,11 +163,11 @@ def test_dashboard_shows_phase_group_rows_sizes_and_structural_events():
 def test_compile_state_follows_compiling_and_compile_events():
     compiling = rendered_text(VGG_FULL, upto=8)  # "compiling after grow step 1", then a step is logged
     assert "compiling after grow step 1…" in compiling and "aot_eager · 1 compilations" in compiling
-    compiled = {"event": "compile", "step": 21, "reason": "after grow step 1", "seconds": 0.8, "count": 2}
+    compiled = Compiled(step=21, reason="after grow step 1", seconds=0.8, count=2)
     after = rendered_text(VGG_FULL, upto=8, then=[("event", compiled)])
     assert "compiling" not in after
     assert "compiled after grow step 1 in 0.8s" in after and "2 compilations, 2.3s" in after
-    fallback = {"event": "compile_fallback", "step": 22, "reason": "after grow step 1", "detail": "1 frame(s) failed"}
+    fallback = CompileFallback(step=22, reason="after grow step 1", detail="1 frame(s) failed")
     warned = rendered_text(VGG_FULL, upto=8, then=[("event", compiled), ("event", fallback)])
     assert "fell back to eager ×1" in warned and "1 frame(s) failed" in warned  # state, and the event in full
 

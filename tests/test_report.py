@@ -13,7 +13,7 @@ import pytest
 from cli_runner import EVERY_PHASE as TINY
 from cli_runner import QUICK, ROOT
 
-from cgap_triton.report import _phase_spans, trajectory_from_metrics
+from cgap_triton.telemetry.report import _phase_spans, trajectory_from_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -255,7 +255,7 @@ def test_a_torn_metrics_line_of_a_killed_and_resumed_run_is_not_damage(run, tmp_
 
 
 def test_growth_png_replaces_a_symbolic_link_and_leaves_its_target_alone(run, tmp_path):
-    from cgap_triton.report import regenerate_growth
+    from cgap_triton.telemetry.report import regenerate_growth
 
     linked = damaged_copy(run, tmp_path / "linked", lambda summary, metrics: (summary, metrics))
     precious = tmp_path / "precious.png"

@@ -54,7 +54,7 @@ def test_growth_picks_the_top_units_and_rounds():
 
 def test_a_cgap_run_goes_through_every_phase_in_order():
     changes, events, widths = run(make(), {k: v // 4 for k, v in FULL.items()})
-    phases = [e["to"] for e in events if e["event"] == "phase"]
+    phases = [e.to for e in events if e.kind == "phase"]
     assert phases == ["grow", "stabilize", "prune", "finetune"]
     kinds = [c.kind for _, c in changes]
     assert kinds.index("prune") == kinds.count("grow")  # every growth before every pruning
@@ -64,8 +64,8 @@ def test_a_cgap_run_goes_through_every_phase_in_order():
 def test_growth_stops_without_validation_gain():
     s = make(**{"cgap.grow.rate": 0.05, "cgap.grow.patience": 2, "cgap.grow.every": 1.0})
     changes, events, _ = run(s, {k: v // 4 for k, v in FULL.items()}, accuracy=lambda step: 0.7)
-    stop = next(e for e in events if e["event"] == "growth_stopped")
-    assert "no validation gain" in stop["reason"]
+    stop = next(e for e in events if e.kind == "growth_stopped")
+    assert "no validation gain" in stop.reason
     assert sum(c.kind == "grow" for _, c in changes) == 2  # growth steps 1 and 2; step 3 sees no gain
 
 
@@ -87,7 +87,7 @@ def test_pruning_respects_floors_multiples_and_target():
         assert width >= FULL[name] // 4 and width % 4 == 0
     reduction = s.reduction(widths)
     assert 0.6 <= reduction < 0.75, reduction  # reaches the target without overshooting far
-    assert any("reached the target" in e.get("reason", "") for e in events)
+    assert any("reached the target" in getattr(e, "reason", "") for e in events)
 
 
 def test_accuracy_guard_stops_pruning():
@@ -98,7 +98,7 @@ def test_accuracy_guard_stops_pruning():
 
     changes, events, _ = run(s, FULL, accuracy)
     assert sum(c.kind == "prune" for _, c in changes) == 1
-    assert any("fell more than 1.0 points" in e.get("reason", "") for e in events)
+    assert any("fell more than 1.0 points" in getattr(e, "reason", "") for e in events)
 
 
 def test_prune_only_baseline_never_grows():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from cgap_triton.data import DataError, load_dataset
+from cgap_triton.data.shapes import PARTS, class_parts, generate
 from cgap_triton.recipe import DataConfig
-from cgap_triton.shapes import PARTS, class_parts, generate
 
 
 def test_same_seed_gives_the_same_images_and_labels():

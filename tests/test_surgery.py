@@ -35,11 +35,11 @@ def assert_same_function(after, before):
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5 * float(before.abs().max()))
 
 
-def grow_all(model, count=3):
+def grow_all(model, count=3, **decisions):
     groups = {}
     for g in model.groups:
         width = model.widths[g.name]
-        groups[g.name] = GroupChange.grow(width, torch.arange(count) % width, count)
+        groups[g.name] = GroupChange.grow(width, torch.arange(count) % width, count, **decisions)
     return WidthChange("grow", groups)
 
 
@@ -50,7 +50,7 @@ def test_growth_without_noise_preserves_the_function(spec, init):
     model.eval()
     x = torch.randn(3, 3, 8, 8)
     before = model(x)
-    apply_width_change(model, grow_all(model), optimizer=opt, init=init, noise=0.0)
+    apply_width_change(model, grow_all(model, init=init, noise=0.0), optimizer=opt)
     assert_same_function(model(x), before)
     if init != "split":  # the new units' outgoing columns are exactly zero (where no new unit reads them)
         grown = {name for group in model.groups for name, _ in group.producers}
@@ -67,7 +67,7 @@ def test_growth_with_noise_changes_new_filters_only_slightly():
     x = torch.randn(3, 3, 8, 8)
     model.eval()
     before = model(x)
-    apply_width_change(model, grow_all(model), optimizer=opt, init="copy_zero_out", noise=0.01, seed=3)
+    apply_width_change(model, grow_all(model, init="copy_zero_out", noise=0.01, seed=3), optimizer=opt)
     new = model.features.conv1.conv.weight.detach()
     assert torch.equal(new[:6], old)  # parents untouched
     children = new[6:]
@@ -101,8 +101,8 @@ def test_optimizer_state_follows_the_index_map(optimizer):
     for k in keys:
         assert torch.equal(opt.state[w1][k], state1[k][kept])  # producer rows
         assert torch.equal(opt.state[w2][k], state2[k][:, kept])  # consumer columns
-    grow = GroupChange.grow(3, torch.tensor([2, 2]), 2)
-    apply_width_change(model, WidthChange("grow", {"conv1": grow}), optimizer=opt, init="copy_zero_out")
+    grow = GroupChange.grow(3, torch.tensor([2, 2]), 2, init="copy_zero_out")
+    apply_width_change(model, WidthChange("grow", {"conv1": grow}), optimizer=opt)
     for k in keys:
         assert torch.equal(opt.state[w1][k][:3], state1[k][kept])
         assert torch.equal(opt.state[w1][k][3:], torch.zeros_like(opt.state[w1][k][3:]))  # new units start at zero
@@ -142,8 +142,8 @@ def test_triton_surgery_computes_what_the_reference_surgery_computes(init):
     for impl in ("triton", "torch"):
         model, opt = trained()
         tracker = SaliencyTracker(model)
-        grow = grow_all(model, count=2)
-        apply_width_change(model, grow, optimizer=opt, saliency=tracker.buffers, init=init, noise=0.0, impl=impl)
+        grow = grow_all(model, count=2, init=init, noise=0.0)
+        apply_width_change(model, grow, optimizer=opt, saliency=tracker.buffers, impl=impl)
         keep = {g.name: GroupChange.keep(torch.tensor([0, 2, 3, model.widths[g.name] - 1])) for g in model.groups}
         apply_width_change(model, WidthChange("prune", keep), optimizer=opt, saliency=tracker.buffers, impl=impl)
         momenta = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]

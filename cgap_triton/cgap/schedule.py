@@ -1,7 +1,9 @@
 """The CGaP schedule: seed → grow → stabilise → prune → fine-tune, deciding WidthChanges from scores.
 
 It reads widths, saliency scores and validation accuracy, and returns data (a WidthChange and
-events); it never touches the model. All of its state is in :meth:`state_dict`.
+events); it never touches the model. Every decision surgery needs is in the WidthChange it returns
+(per group: the index map, and for growth the init rule, noise and seed). All of its state is in
+:meth:`state_dict`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ import torch
 
 from ..models import round_up
 from ..recipe import CGaPConfig
+from ..telemetry.events import PHASES, Event, GrowthStopped, Phase, PhaseChanged, PruningStopped
 from .change import GroupChange, WidthChange
 
-PHASES = ("seed", "grow", "stabilize", "prune", "finetune")
+__all__ = ["PHASES", "Decision", "Schedule"]
+
+GROUP_SEED_STRIDE = 7_919  # seeds of one change's groups: base, base + 7919, ... (a prime: no overlaps)
 
 
 @dataclass
 class Decision:
     change: WidthChange | None = None
-    events: list[dict] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
 
 class Schedule:
@@ -47,6 +52,8 @@ class Schedule:
         seed: int = 0,
     ):
         self.cfg, self.full, self.round_to, self.params_of = cfg, dict(full_widths), round_to, params_of
+        self.steps_per_epoch = steps_per_epoch
+        self.seed = seed
         self.total_steps = steps_per_epoch * epochs
         self.grow_every = max(1, round(cfg.grow.every * steps_per_epoch))
         self.prune_every = max(1, round(cfg.prune.every * steps_per_epoch))
@@ -61,7 +68,7 @@ class Schedule:
         }
         self.generator = torch.Generator().manual_seed(seed)
         # state
-        self.phase = "seed" if cfg.grow.enabled else "grow"
+        self.phase = Phase.SEED if cfg.grow.enabled else Phase.GROW
         self.growth_accuracy: list[float] = []
         self.grow_stopped_at: int | None = None
         self.prune_start: int | None = None
@@ -73,21 +80,21 @@ class Schedule:
 
     def due(self, step: int) -> bool:
         """Whether :meth:`decide` has anything to do after ``step`` optimizer steps."""
-        if self.phase in ("seed", "grow"):
+        if self.phase in (Phase.SEED, Phase.GROW):
             return step >= self.grow_until or (self.cfg.grow.enabled and step % self.grow_every == 0)
-        if self.phase == "stabilize":
+        if self.phase == Phase.STABILIZE:
             return step >= self.prune_start
-        if self.phase == "prune":
+        if self.phase == Phase.PRUNE:
             return (step - self.prune_start) % self.prune_every == 0
         return False
 
     def steps_until_next_change(self, step: int) -> int:
         """Steps from ``step`` to the next point where widths may change (the end of training at most)."""
-        if self.phase in ("seed", "grow"):
+        if self.phase in (Phase.SEED, Phase.GROW):
             nxt = min(self.grow_until, (step // self.grow_every + 1) * self.grow_every)
-        elif self.phase == "stabilize":
+        elif self.phase == Phase.STABILIZE:
             nxt = self.prune_start
-        elif self.phase == "prune":
+        elif self.phase == Phase.PRUNE:
             nxt = step + self.prune_every - (step - self.prune_start) % self.prune_every
         else:
             nxt = self.total_steps
@@ -102,16 +109,28 @@ class Schedule:
         self, step: int, widths: dict[str, int], scores: dict[str, torch.Tensor], val_accuracy: float
     ) -> Decision:
         decision = Decision()
-        if self.phase in ("seed", "grow"):
+        if self.phase in (Phase.SEED, Phase.GROW):
             self._growth(step, widths, scores, val_accuracy, decision)
-        if self.phase == "stabilize" and step >= self.prune_start:
-            self._set_phase("prune" if self.cfg.prune.enabled else "finetune", step, decision)
+        if self.phase == Phase.STABILIZE and step >= self.prune_start:
+            self._set_phase(Phase.PRUNE if self.cfg.prune.enabled else Phase.FINETUNE, step, decision)
             self.prune_base_accuracy = val_accuracy
-        if self.phase == "prune" and decision.change is None and (step - self.prune_start) % self.prune_every == 0:
+        if self.phase == Phase.PRUNE and decision.change is None and (step - self.prune_start) % self.prune_every == 0:
             self._pruning(step, widths, scores, val_accuracy, decision)
         if decision.change is not None:
             self.changes += 1
+            if decision.change.kind == "grow":
+                decision.change = self._with_init(decision.change)
         return decision
+
+    def _with_init(self, change: WidthChange) -> WidthChange:
+        """The growth rule's decisions for every group: init rule, noise and a seed of its own."""
+        grow = self.cfg.grow
+        base = (self.seed * GROUP_SEED_STRIDE + self.changes) % 2**31
+        groups = {
+            name: group.decided(init=grow.init, noise=grow.noise, seed=base + GROUP_SEED_STRIDE * k)
+            for k, (name, group) in enumerate(change.groups.items())
+        }
+        return WidthChange(change.kind, groups)
 
     def _growth(self, step, widths, scores, val_accuracy, decision) -> None:
         cfg = self.cfg.grow
@@ -129,13 +148,13 @@ class Schedule:
                 change = self.plan_growth(widths, scores)
                 if change is not None:
                     decision.change = change
-                    if self.phase == "seed":
-                        self._set_phase("grow", step, decision)
+                    if self.phase == Phase.SEED:
+                        self._set_phase(Phase.GROW, step, decision)
         if stop is not None:
             self.grow_stopped_at = step
             self.prune_start = step + self.stabilize_steps
-            decision.events.append({"event": "growth_stopped", "step": step, "reason": stop})
-            self._set_phase("stabilize", step, decision)
+            decision.events.append(GrowthStopped(step=step, reason=stop, epoch=step / self.steps_per_epoch))
+            self._set_phase(Phase.STABILIZE, step, decision)
 
     def _pruning(self, step, widths, scores, val_accuracy, decision) -> None:
         cfg = self.cfg.prune
@@ -157,12 +176,13 @@ class Schedule:
             elif self.reduction(decision.change.widths(widths)) >= cfg.target_reduction:
                 stop = f"params reduction reached the target {cfg.target_reduction}"
         if stop is not None:
-            decision.events.append({"event": "pruning_stopped", "step": step, "reason": stop})
-            self._set_phase("finetune", step, decision)
+            decision.events.append(PruningStopped(step=step, reason=stop, epoch=step / self.steps_per_epoch))
+            self._set_phase(Phase.FINETUNE, step, decision)
 
-    def _set_phase(self, phase: str, step: int, decision: Decision) -> None:
+    def _set_phase(self, phase: Phase, step: int, decision: Decision) -> None:
         if phase != self.phase:
-            decision.events.append({"event": "phase", "step": step, "from": self.phase, "to": phase})
+            epoch = step / self.steps_per_epoch
+            decision.events.append(PhaseChanged(step=step, from_phase=self.phase.value, to=phase.value, epoch=epoch))
             self.phase = phase
 
     # ---------------------------------------------------------------------------------------- planners
@@ -269,7 +289,7 @@ class Schedule:
 
     def state_dict(self) -> dict:
         return {
-            "phase": self.phase,
+            "phase": self.phase.value,
             "growth_accuracy": list(self.growth_accuracy),
             "grow_stopped_at": self.grow_stopped_at,
             "prune_start": self.prune_start,
@@ -280,6 +300,8 @@ class Schedule:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
         self.generator.set_state(state.pop("generator"))
         for key, value in state.items():
             setattr(self, key, value)
+        self.phase = Phase(self.phase)

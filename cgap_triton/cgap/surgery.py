@@ -30,14 +30,12 @@ def apply_width_change(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     saliency: dict[str, torch.Tensor] | None = None,
-    init: str = "copy_zero_out",
-    noise: float = 0.0,
-    seed: int = 0,
     impl: str = "auto",
 ) -> None:
     """Rewrite every group of ``change`` in ``model`` (and ``optimizer`` state, ``saliency`` buffers).
 
-    Growth (``change.kind == "grow"``), by ``init``:
+    Surgery decides nothing: each group's change carries its index map and, for growth, the init rule, the
+    noise and its seed. Growth (``change.kind == "grow"``), by the group's ``init``:
       - ``copy_zero_out``: a child copies its parent's filter (plus noise of std ``noise × std(filter
         weights)``) and BN; its outgoing columns are zero, so the function is unchanged.
       - ``split``: as above, and parent and child share the parent's outgoing columns (× 0.5 each).
@@ -46,21 +44,21 @@ def apply_width_change(
     optimizer state is zero. Pruning maps keep the listed units and carry everything else over.
     ``impl`` picks the gather implementation (see ``cgap_triton.kernels``).
     """
-    if init not in INITS:
-        raise ValueError(f"init: expected one of {INITS}, got {init!r}")
     groups = {g.name: g for g in model.groups}
-    for p in model.parameters():
-        p.grad = None
-    for k, (name, group_change) in enumerate(change.groups.items()):
+    for name, group_change in change.groups.items():
         if name not in groups:
             raise ValueError(f"change: unknown group {name!r}; the model's groups are {list(groups)}")
-        _apply_group(
-            model, groups[name], group_change, change.kind, optimizer, saliency, init, noise, seed + 7919 * k, impl
-        )
+        if group_change.init not in INITS:
+            raise ValueError(f"change.groups[{name!r}].init: expected one of {INITS}, got {group_change.init!r}")
+    for p in model.parameters():
+        p.grad = None
+    for name, group_change in change.groups.items():
+        _apply_group(model, groups[name], group_change, change.kind, optimizer, saliency, impl)
     model.sync_shapes()
 
 
-def _apply_group(model, group, change: GroupChange, kind, optimizer, saliency, init, noise, seed, impl) -> None:
+def _apply_group(model, group, change: GroupChange, kind, optimizer, saliency, impl) -> None:
+    init, noise, seed = change.init, change.noise, change.seed
     device = model.get_parameter(group.saliency).device
     index, new = change.index.to(device), change.new.to(device)
     old = new.logical_not().float()

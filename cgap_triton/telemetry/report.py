@@ -19,8 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .cgap.schedule import PHASES
-from .telemetry import PHASE_LABELS
+from .events import PHASE_LABELS, PHASES
 
 PHASE_COLOURS = {
     "seed": "#e6e6e6",

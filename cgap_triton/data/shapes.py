@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-from .data import DataError, Split
-from .recipe import DataConfig
+from ..recipe import DataConfig
+from .splits import DataError, Split
 
 IMAGE_SIZE = 32
 # Nuisance ranges; they set how hard the benchmark is (calibrated so that capacity matters, see

@@ -23,8 +23,24 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from .cgap.schedule import PHASES
-from .telemetry import PHASE_LABELS, describe_event
+from .events import (
+    PHASE_LABELS,
+    PHASES,
+    CheckpointSaved,
+    Compiled,
+    CompileFallback,
+    Compiling,
+    Evaluated,
+    Event,
+    Finished,
+    GrowthStopped,
+    PhaseChanged,
+    PruningStopped,
+    SkippedStep,
+    Started,
+    StructuralChange,
+)
+from .sinks import describe_event
 
 PHASE_STYLES = {
     "seed": "bold white on grey30",
@@ -35,7 +51,7 @@ PHASE_STYLES = {
     "done": "bold black on grey70",
 }
 # Events that change or explain the network's shape; the rest (checkpoints, evals) update other panels.
-STRUCTURAL = ("grow", "prune", "phase", "growth_stopped", "pruning_stopped", "compile_fallback", "skipped_step")
+STRUCTURAL = (StructuralChange, PhaseChanged, GrowthStopped, PruningStopped, CompileFallback, SkippedStep)
 EVENT_STYLES = {"grow": "green3", "prune": "red3", "phase": "bold", "compile_fallback": "bold red"}
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 GROUP_COLUMN_WIDTH = 54
@@ -197,45 +213,45 @@ class Dashboard:
                 v.compile_state = "compiled" if m["compiled"] else "eager"
                 v.compile_style = "green3" if m["compiled"] else "grey62"
 
-    def log_event(self, e: dict[str, Any]) -> None:
-        kind = e.get("event")
+    def log_event(self, e: Event) -> None:
         with self._lock:
             self._version += 1
             v = self.view
-            if kind in ("start", "resume"):
+            if isinstance(e, Started):
                 self._start(e)
-            elif isinstance(e.get("step"), int):  # events arrive between logged steps: keep the bars moving
-                self._advance(e["step"])
-            if kind in STRUCTURAL:
-                v.events.append((e.get("step", v.step), kind, describe_event(e)))
-            if kind in ("grow", "prune"):
-                v.params, v.macs = e["params"], e["macs"]
-                v.peak_params = max(v.peak_params, e["params"])
-                v.last_change = e["change"]
-                self._set_widths(e["widths"])
-            elif kind == "phase":
-                v.phase = e["to"]
-            elif kind == "eval":
-                v.latest["val_accuracy"] = e["val_accuracy"]
-                v.history["val_accuracy"].append(e["val_accuracy"])
-            elif kind == "compiling":
-                v.compile_backend = e.get("backend", v.compile_backend)
-                v.compile_state, v.compile_style = f"compiling {e['reason']}…", "bold yellow"
-            elif kind == "compile":
-                v.compilations, v.compile_seconds = e["count"], v.compile_seconds + e["seconds"]
-                v.compile_state = f"compiled {e['reason']} in {e['seconds']:.1f}s"
-                v.compile_style = "green3"
-            elif kind == "compile_fallback":
-                v.compile_fallbacks += 1
-                # The detail is long; it is in full in the events panel.
-                v.compile_state = f"fell back to eager ×{v.compile_fallbacks} (see events)"
-                v.compile_style = "bold red"
-            elif kind == "checkpoint":
-                v.checkpoint_step = e.get("step")
-            elif kind == "done":
-                v.phase = "done"
-                v.step = e.get("step", v.step)
-                v.outcome = f"test accuracy {e['test_accuracy']:.2%} · params −{e['params_reduction']:.1%} vs full"
+            elif e.step is not None:  # events arrive between logged steps: keep the bars moving
+                self._advance(e.step)
+            if isinstance(e, STRUCTURAL):
+                v.events.append((v.step if e.step is None else e.step, e.kind, describe_event(e)))
+            match e:
+                case StructuralChange():
+                    v.params, v.macs = e.params, e.macs
+                    v.peak_params = max(v.peak_params, e.params)
+                    v.last_change = e.change
+                    self._set_widths(e.widths)
+                case PhaseChanged():
+                    v.phase = e.to
+                case Evaluated():
+                    v.latest["val_accuracy"] = e.val_accuracy
+                    v.history["val_accuracy"].append(e.val_accuracy)
+                case Compiling():
+                    v.compile_backend = e.backend
+                    v.compile_state, v.compile_style = f"compiling {e.reason}…", "bold yellow"
+                case Compiled():
+                    v.compilations, v.compile_seconds = e.count, v.compile_seconds + e.seconds
+                    v.compile_state = f"compiled {e.reason} in {e.seconds:.1f}s"
+                    v.compile_style = "green3"
+                case CompileFallback():
+                    v.compile_fallbacks += 1
+                    # The detail is long; it is in full in the events panel.
+                    v.compile_state = f"fell back to eager ×{v.compile_fallbacks} (see events)"
+                    v.compile_style = "bold red"
+                case CheckpointSaved():
+                    v.checkpoint_step = e.step
+                case Finished():
+                    v.phase = "done"
+                    v.step = v.step if e.step is None else e.step
+                    v.outcome = f"test accuracy {e.test_accuracy:.2%} · params −{e.params_reduction:.1%} vs full"
 
     def close(self) -> None:
         if self.live is not None:
@@ -244,17 +260,17 @@ class Dashboard:
 
     # ------------------------------------------------------------------------------- view model
 
-    def _start(self, e: dict[str, Any]) -> None:
+    def _start(self, e: Started) -> None:
         v = self.view
-        v.title = " · ".join(str(e[k]) for k in ("recipe", "data", "device") if e.get(k))
-        v.phase, v.step = e.get("phase", v.phase), e.get("step", 0)
+        v.title = " · ".join(str(x) for x in (e.recipe, e.data, e.device) if x)
+        v.phase, v.step = e.phase, e.step or 0
         v.start_step, v.started, v.logged_at = v.step, time.monotonic(), None
-        v.epochs, v.steps_per_epoch, v.total_steps = e["epochs"], max(1, e["steps_per_epoch"]), max(1, e["total_steps"])
+        v.epochs, v.steps_per_epoch, v.total_steps = e.epochs, max(1, e.steps_per_epoch), max(1, e.total_steps)
         v.epoch = v.step / v.steps_per_epoch
-        v.widths_full, v.widths_seed = dict(e["widths_full"]), dict(e["widths_seed"])
-        v.params, v.params_full, v.macs, v.macs_full = e["params"], e["params_full"], e["macs"], e["macs_full"]
-        v.peak_params = max(v.peak_params, e["params"])
-        self._set_widths(e["widths"])
+        v.widths_full, v.widths_seed = dict(e.widths_full), dict(e.widths_seed)
+        v.params, v.params_full, v.macs, v.macs_full = e.params, e.params_full, e.macs, e.macs_full
+        v.peak_params = max(v.peak_params, e.params)
+        self._set_widths(e.widths)
 
     def _advance(self, step: int) -> None:
         v = self.view

@@ -1,7 +1,7 @@
 """Telemetry: a small protocol (``log_metrics``, ``log_event``, ``close``) with jsonl and stdout sinks.
 
-The rich dashboard (``cgap_triton.dashboard``) is a third sink. Sinks only read what they are given;
-the trainer owns all state.
+The rich dashboard (``telemetry.dashboard``) is a third sink. Sinks only read what they are given (typed
+events from ``telemetry.events``, metric dicts); the trainer owns all state.
 """
 
 from __future__ import annotations
@@ -14,13 +14,24 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-PHASE_LABELS = {"seed": "seed", "grow": "grow", "stabilize": "stabilise", "prune": "prune", "finetune": "fine-tune"}
+from .events import (
+    CheckpointSaved,
+    Compiled,
+    CompileFallback,
+    Compiling,
+    Evaluated,
+    Event,
+    GrowthStopped,
+    PhaseChanged,
+    PruningStopped,
+    StructuralChange,
+)
 
 
 class Sink(Protocol):
     def log_metrics(self, metrics: dict[str, Any]) -> None: ...
 
-    def log_event(self, event: dict[str, Any]) -> None: ...
+    def log_event(self, event: Event) -> None: ...
 
     def close(self) -> None: ...
 
@@ -52,38 +63,38 @@ class JsonlSink:
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         self.file.write(json.dumps(_clean({"kind": "step", "time": time.time(), **metrics})) + "\n")
 
-    def log_event(self, event: dict[str, Any]) -> None:
-        self.file.write(json.dumps(_clean({"kind": "event", "time": time.time(), **event})) + "\n")
+    def log_event(self, event: Event) -> None:
+        self.file.write(json.dumps(_clean({"kind": "event", "time": time.time(), **event.record()})) + "\n")
 
     def close(self) -> None:
         self.file.close()
 
 
-def describe_event(event: dict[str, Any]) -> str:
+def describe_event(event: Event) -> str:
     """One human line per event, shared by the stdout sink and the dashboard."""
-    kind = event.get("event")
-    if kind in ("grow", "prune"):
-        verb = "grew" if kind == "grow" else "pruned"
-        parts = [f"{g} {a}→{b} ({b - a:+d})" for g, (a, b) in event["change"].items()]
-        shown = ", ".join(parts[:4]) + (f", … {len(parts) - 4} more" if len(parts) > 4 else "")
-        units = sum(abs(b - a) for a, b in event["change"].values())
-        return f"{verb} {units} units: {shown}; params {event['params']:,}"
-    if kind == "phase":
-        return f"phase {event['from']} → {event['to']}"
-    if kind in ("growth_stopped", "pruning_stopped"):
-        return f"{kind.replace('_', ' ')}: {event['reason']}"
-    if kind == "compiling":
-        return f"compiling {event['reason']} (backend {event['backend']})"
-    if kind == "compile_fallback":
-        return f"WARNING: compiled model fell back to eager {event['reason']}: {event['detail']}"
-    if kind == "compile":
-        return f"compiled {event['reason']} in {event['seconds']:.1f}s (compilation {event['count']})"
-    if kind == "eval":
-        return f"epoch {event['epoch']} val_accuracy {event['val_accuracy']:.4f}"
-    if kind == "checkpoint":
-        return f"checkpoint saved: {event['path']}"
-    rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "step", "epoch"))
-    return f"{kind} {rest}".strip()
+    match event:
+        case StructuralChange():
+            verb = "grew" if event.kind == "grow" else "pruned"
+            parts = [f"{g} {a}→{b} ({b - a:+d})" for g, (a, b) in event.change.items()]
+            shown = ", ".join(parts[:4]) + (f", … {len(parts) - 4} more" if len(parts) > 4 else "")
+            units = sum(abs(b - a) for a, b in event.change.values())
+            return f"{verb} {units} units: {shown}; params {event.params:,}"
+        case PhaseChanged():
+            return f"phase {event.from_phase} → {event.to}"
+        case GrowthStopped() | PruningStopped():
+            return f"{event.kind.replace('_', ' ')}: {event.reason}"
+        case Compiling():
+            return f"compiling {event.reason} (backend {event.backend})"
+        case CompileFallback():
+            return f"WARNING: compiled model fell back to eager {event.reason}: {event.detail}"
+        case Compiled():
+            return f"compiled {event.reason} in {event.seconds:.1f}s (compilation {event.count})"
+        case Evaluated():
+            return f"epoch {event.epoch} val_accuracy {event.val_accuracy:.4f}"
+        case CheckpointSaved():
+            return f"checkpoint saved: {event.path}"
+    rest = " ".join(f"{k}={v}" for k, v in event.record().items() if k not in ("event", "step", "epoch"))
+    return f"{event.kind} {rest}".strip()
 
 
 class StdoutSink:
@@ -100,8 +111,9 @@ class StdoutSink:
         )
         self.stream.flush()
 
-    def log_event(self, event: dict[str, Any]) -> None:
-        self.stream.write(f"[step {event.get('step', '-')}] {describe_event(event)}\n")
+    def log_event(self, event: Event) -> None:
+        step = "-" if event.step is None else event.step
+        self.stream.write(f"[step {step}] {describe_event(event)}\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -118,7 +130,7 @@ class Telemetry:
         for s in self.sinks:
             s.log_metrics(metrics)
 
-    def log_event(self, event: dict[str, Any]) -> None:
+    def log_event(self, event: Event) -> None:
         for s in self.sinks:
             s.log_event(event)
 

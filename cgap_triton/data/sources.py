@@ -1,62 +1,17 @@
-"""Data: whole data sets held as uint8 tensors on the training device, batched and augmented there.
-
-On CUDA the training set lives on the GPU and random crop (zero padding 4) + horizontal flip +
-normalisation run as batched tensor ops, so loading never starves a step; on CPU the same code runs
-on CPU tensors. Sources: scikit-learn's bundled digits (offline), CIFAR-10/100 and SVHN through
-torchvision's classes from a local folder.
-"""
+"""Data sources: scikit-learn's bundled digits (offline), CIFAR-10/100 and SVHN through torchvision's classes
+from a local folder, and the synthetic "shapes" (``shapes.py``); each becomes uint8 splits with a validation
+split carved with ``data.split_seed``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from einops import rearrange
 
-from .recipe import DataConfig
-
-
-class DataError(Exception):
-    """A data set cannot be loaded; the message says which files are missing and how to get them."""
-
-
-@dataclass
-class Split:
-    images: torch.Tensor  # [N, C, H, W] uint8
-    labels: torch.Tensor  # [N] int64
-
-    def __len__(self) -> int:
-        return self.labels.numel()
-
-    def subset(self, idx: torch.Tensor) -> Split:
-        return Split(self.images[idx], self.labels[idx])
-
-    def to(self, device: torch.device) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
-
-
-@dataclass
-class Dataset:
-    name: str
-    train: Split
-    val: Split
-    test: Split
-    num_classes: int
-    mean: tuple[float, ...]  # per channel, on the 0–255 scale
-    std: tuple[float, ...]
-    augment: str
-    synthetic: bool = False
-
-    @property
-    def in_channels(self) -> int:
-        return self.train.images.shape[1]
-
-    @property
-    def image_size(self) -> int:
-        return self.train.images.shape[-1]
-
+from ..recipe import DataConfig
+from .shapes import make_shapes
+from .splits import DataError, Dataset, Split
 
 # Per data set: the folder under data.root torchvision reads, the files it needs there, and where they come from.
 _FILES = {
@@ -76,8 +31,6 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.name == "digits":
         train, test, classes = _digits(cfg)
     elif cfg.name == "shapes":
-        from .shapes import make_shapes
-
         train, test, classes = make_shapes(cfg)
     else:
         train, test, classes = _torchvision(cfg)
@@ -179,88 +132,3 @@ def _torchvision(cfg: DataConfig) -> tuple[Split, Split, int]:
         for p in parts
     ]
     return splits[0], splits[1], 100 if cfg.name == "cifar100" else 10
-
-
-class Batches:
-    """Batches of one split, on the split's device, augmented and normalised as batched tensor ops.
-
-    Every random draw is a pure function of (seed, epoch, batch): an epoch's order, crop offsets and
-    flips come from a generator seeded with (seed, epoch), and batch b takes positions
-    [b·batch_size, (b+1)·batch_size) of them, so a run resumed mid-epoch sees exactly the batches it
-    would have seen. The draws are made on the CPU (identical on every device) and moved to the device
-    once per epoch: inside the epoch nothing waits on the host, so the next step's kernels queue up
-    behind the current one.
-    """
-
-    def __init__(
-        self,
-        split: Split,
-        batch_size: int,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        *,
-        augment: str = "none",
-        shuffle: bool = False,
-        drop_last: bool = False,
-        seed: int = 0,
-        pad: int = 4,
-        channels_last: bool = False,
-        shard: tuple[int, int] = (0, 1),
-    ):
-        if augment not in ("none", "crop", "crop_flip"):
-            raise ValueError(f"augment: expected 'none', 'crop' or 'crop_flip', got {augment!r}")
-        self.split, self.batch_size, self.augment, self.pad = split, batch_size, augment, pad
-        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
-        # (rank, world size): this process takes every world-th image of each global batch, so that the
-        # ranks together see exactly the batches one process would, and each gathers only its own.
-        self.rank, self.world = shard
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        device = split.images.device
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
-        self.inv_std = (1.0 / torch.tensor(std, dtype=torch.float32)).view(1, -1, 1, 1).to(device)
-
-    def __len__(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.epoch(0)
-
-    def draws(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """The epoch's (order, crop offsets [N, 2] in 0..2·pad, flips [N] bool), on the CPU."""
-        n = len(self.split)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        offsets = flips = None
-        if self.augment != "none":
-            offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator, dtype=torch.int32)
-        if self.augment == "crop_flip":
-            flips = torch.rand(n, generator=generator) < 0.5
-        return order, offsets, flips
-
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of ``epoch``, from batch ``start`` on: (normalised float images, int64 labels)."""
-        device = self.split.images.device
-        order, offsets, flips = (t if t is None else t.to(device) for t in self.draws(epoch))
-        for b in range(start, len(self)):
-            window = slice(b * self.batch_size + self.rank, (b + 1) * self.batch_size, self.world)
-            idx = order[window]
-            images = self.split.images[idx]
-            if offsets is not None:
-                images = self._crop(images, offsets[window])
-            if flips is not None:
-                images = torch.where(flips[window].view(-1, 1, 1, 1), images.flip(3), images)
-            # Layout change on uint8 (a quarter of the float bytes); the float ops below keep it.
-            images = images.contiguous(memory_format=self.memory_format)
-            yield (images.float() - self.mean) * self.inv_std, self.split.labels[idx]
-
-    def _crop(self, images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Random crop with zero padding: output pixel (i, j) is padded pixel (i + dy, j + dx)."""
-        n, _, h, w = images.shape
-        pad, device = self.pad, images.device
-        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-        rows = (offsets[:, :1] + torch.arange(h, device=device)).view(n, h, 1)
-        cols = (offsets[:, 1:] + torch.arange(w, device=device)).view(n, 1, w)
-        batch = torch.arange(n, device=device).view(n, 1, 1)
-        # One gather over (image, row, col) moves all channels at once; the result is NHWC in memory.
-        return rearrange(padded.permute(0, 2, 3, 1)[batch, rows, cols], "n h w c -> n c h w")
