@@ -1,5 +1,6 @@
 """``make bench``: every benchmark this machine can run, results under ``benchmarks/results/<machine>/``.
 
+On every machine: the host cost of one saliency step (CPU, kernel launch stubbed; ``benchmarks.host``).
 With a CUDA GPU: the kernel benchmarks, VGG-19 training steps and structural-change cost on the GPU, and
 inference on GPU and CPU. Without one (CPU smoke mode): the quickstart CGaP run against its dense baseline
 (wall time and ``train_macs``), compile cost on CPU (aot_eager and inductor, at start and after each change),
@@ -22,7 +23,7 @@ import torch
 from . import inference, training
 from .common import RESULTS_DIR, environment, machine_slug, print_table, write_results
 
-PARTS = ("kernels", "training", "inference")
+PARTS = ("host", "kernels", "training", "inference")
 
 
 def _write(name, rows, env, args, *, title, columns, notes=()) -> Path:
@@ -43,6 +44,14 @@ def run_kernels(env, args, device) -> list[Path]:
     title = "gather_channels_many: one VGG-19 structural change (SGD momentum and saliency included)"
     written.append(_write("kernels_gather", gather, env, args, title=title, columns=columns))
     return written
+
+
+def run_host(env, args) -> list[Path]:
+    from . import host
+
+    print("host cost of one saliency step (CPU, kernel launch stubbed):", flush=True)
+    repeat = 300 if args.quick else 2000
+    return [host.run(env, repeat=repeat, results_dir=args.results_dir)[2]]
 
 
 def run_training(env, args, device, shared: dict[str, Any]) -> list[Path]:
@@ -148,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     written: list[Path] = []
     shared: dict[str, Any] = {}
+    if "host" in args.parts:
+        written += run_host(env, args)
     if "kernels" in args.parts and device.type == "cuda":
         written += run_kernels(env, args, device)
     if "training" in args.parts:

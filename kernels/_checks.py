@@ -237,6 +237,13 @@ def _describe(value: object) -> str:
     return repr(value)
 
 
+def check_momentum(momentum: object) -> float:
+    """An EMA momentum: a float in [0, 1) (``None`` is the caller's business: it means no blending)."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        raise ValueError(f"momentum: expected a float in [0, 1), got {momentum!r}")
+    return float(momentum)
+
+
 def check_channel_stats_args(
     weights: object,
     grads: object,
@@ -271,11 +278,9 @@ def check_channel_stats_args(
             if g.device != device:
                 raise ValueError(f"grads[{i}]: expected a tensor on {device} (as the weights), got {g.device}")
     if momentum is not None:
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-            raise ValueError(f"momentum: expected a float in [0, 1), got {momentum!r}")
+        momentum = check_momentum(momentum)
         if out is None:
             raise ValueError("momentum: given without out; the EMA blends new statistics into out")
-        momentum = float(momentum)
     if out is not None:
         if isinstance(out, torch.Tensor) or not isinstance(out, Sequence) or len(out) != len(weights):
             raise ValueError(f"out: expected None or one tensor per weight ({len(weights)}), got {_describe(out)}")

@@ -34,7 +34,12 @@ def channel_stats(
     are 0 without ``grads``). With ``out``, the result is written into ``out``; with ``momentum``
     m as well, it is blended: ``out = m·out + (1 − m)·new``. The tensors in ``out`` are returned.
     """
-    weights, grads, out, momentum, dims = check_channel_stats_args(weights, grads, out, momentum, dim)
+    return _channel_stats(*check_channel_stats_args(weights, grads, out, momentum, dim))
+
+
+def _channel_stats(weights, grads, out, momentum, dims) -> list[torch.Tensor]:
+    """The computation of :func:`channel_stats` on checked arguments (lists, dims resolved): what a prepared
+    ``ChannelStatsPlan`` on the torch path runs each step, without checking again."""
     results = []
     for i, (w, d) in enumerate(zip(weights, dims)):
         w32 = w.movedim(d, 0).reshape(w.shape[d], -1).float()

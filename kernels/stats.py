@@ -15,6 +15,10 @@ dtypes launches once per dtype group. Tables are cached on (address, shape, stri
 training loop whose parameters, gradients and ``out`` buffers keep their addresses from step to step builds
 no table and copies nothing to the device after the first call.
 
+The launcher is split in two: :func:`prepare_channel_stats` (dtype groups, tables, block sizes: everything that
+depends on addresses, shapes and dtypes) and :func:`launch_channel_stats` (the launches alone). The one-shot
+call runs both each time; ``ChannelStatsPlan`` runs the first once and the second every step.
+
 Floor: the kernel must read each weight and gradient element once. VGG-19's 16 convolutions hold about 20 M
 weights, so in float32 one call moves 2 × 20 M × 4 B ≈ 160 MB, about 55 µs at an H100's ≈ 3 TB/s (half that
 in fp16/bf16); the outputs (16 × 4 B per channel) are negligible.
@@ -30,12 +34,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["channel_stats_triton"]
+__all__ = ["PreparedChannelStats", "channel_stats_triton", "launch_channel_stats", "prepare_channel_stats"]
 
 MAX_BLOCK_N = 1024  # elements of one channel per loop step; longer channels loop
 TABLE_CACHE_SIZE = 64
@@ -182,6 +187,99 @@ def _table(members: list[int], weights, grads, out, dims, device) -> tuple[torch
     return table, rank
 
 
+@dataclasses.dataclass(frozen=True)
+class _Launch:
+    """One launch of a prepared call: the tensors of one (weight dtype, grad dtype) group and its fixed arguments."""
+
+    members: tuple[int, ...]  # indices into the call's weights
+    counts: tuple[int, ...]  # channels per member
+    channels: int  # programs: the channels of all members
+    table: torch.Tensor  # the group's descriptor table, on the device
+    constexprs: dict  # every constexpr but HAS_MOMENTUM, which follows the momentum of each launch
+    num_warps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedChannelStats:
+    """Everything a ``channel_stats`` launch needs that depends only on the tensors' addresses, shapes, strides
+    and dtypes: made once by :func:`prepare_channel_stats`, launched any number of times by
+    :func:`launch_channel_stats`. It holds ``out`` but not the inputs: keeping the addresses in its tables
+    valid is the caller's business (``ChannelStatsPlan`` holds the storage of weights and out, and refuses to run
+    once a gradient is freed)."""
+
+    num_weights: int
+    out: tuple[torch.Tensor, ...] | None
+    device: torch.device
+    launches: tuple[_Launch, ...]
+    no_new: torch.Tensor | None  # the unused ``new_ptr`` argument of launches that write into out
+
+
+def prepare_channel_stats(
+    weights: list[torch.Tensor],
+    grads: list[torch.Tensor] | None,
+    out: list[torch.Tensor] | None,
+    dims: list[int],
+) -> PreparedChannelStats:
+    """The host work of a ``channel_stats`` launch (arguments already checked): dtype groups, descriptor tables
+    (built and copied to the device on a table-cache miss), block sizes and warps."""
+    device = weights[0].device
+    groups: dict[tuple, list[int]] = {}
+    for i, w in enumerate(weights):
+        groups.setdefault((w.dtype, None if grads is None else grads[i].dtype), []).append(i)
+    launches = []
+    for (w_dtype, g_dtype), members in groups.items():
+        table, rank = _table(members, weights, grads, out, dims, device)
+        longest = max(weights[i].numel() // weights[i].shape[dims[i]] for i in members)
+        block_n = min(triton.next_power_of_2(longest), MAX_BLOCK_N)
+        constexprs = dict(
+            W_DTYPE=_TL_DTYPES[w_dtype],
+            G_DTYPE=_TL_DTYPES[g_dtype or w_dtype],
+            HAS_GRAD=grads is not None,
+            HAS_OUT=out is not None,
+            RANK=rank,
+            BLOCK_T=triton.next_power_of_2(len(members)),
+            BLOCK_N=block_n,
+        )
+        counts = tuple(weights[i].shape[dims[i]] for i in members)
+        launches.append(_Launch(tuple(members), counts, sum(counts), table, constexprs, num_warps_for(block_n)))
+    return PreparedChannelStats(
+        num_weights=len(weights),
+        out=None if out is None else tuple(out),
+        device=device,
+        launches=tuple(launches),
+        no_new=None if out is None else torch.empty(0, 4, dtype=torch.float32, device=device),
+    )
+
+
+def launch_channel_stats(prepared: PreparedChannelStats, momentum: float | None) -> list[torch.Tensor]:
+    """Launch a prepared call (``momentum`` already checked): one launch per dtype group, no host-to-device copy,
+    no device sync. Returns the ``out`` tensors, or new ``[C_i, 4]`` results when the call has no ``out``."""
+    out = prepared.out
+    results: list[torch.Tensor | None] = list(out) if out is not None else [None] * prepared.num_weights
+    has_momentum = momentum is not None
+    device = prepared.device
+    guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with guard:
+        for launch in prepared.launches:
+            if out is None:
+                new = torch.empty(launch.channels, 4, dtype=torch.float32, device=device)
+            else:
+                new = prepared.no_new
+            _channel_l1_l2_wg_kernel[(launch.channels,)](
+                new,
+                launch.table,
+                len(launch.members),
+                momentum if has_momentum else 0.0,
+                HAS_MOMENTUM=has_momentum,
+                num_warps=launch.num_warps,
+                **launch.constexprs,
+            )
+            if out is None:
+                for i, part in zip(launch.members, new.split(launch.counts)):
+                    results[i] = part
+    return results
+
+
 def channel_stats_triton(
     weights: list[torch.Tensor],
     grads: list[torch.Tensor] | None,
@@ -192,35 +290,4 @@ def channel_stats_triton(
 ) -> list[torch.Tensor]:
     """Launcher behind :func:`cgap_triton.kernels.channel_stats` (arguments already checked): one launch per
     (weight dtype, grad dtype) group, i.e. one launch for the usual single-dtype call."""
-    device = weights[0].device
-    groups: dict[tuple, list[int]] = {}
-    for i, w in enumerate(weights):
-        groups.setdefault((w.dtype, None if grads is None else grads[i].dtype), []).append(i)
-    results: list[torch.Tensor | None] = list(out) if out is not None else [None] * len(weights)
-    guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    with guard:
-        for (w_dtype, g_dtype), members in groups.items():
-            table, rank = _table(members, weights, grads, out, dims, device)
-            counts = [weights[i].shape[dims[i]] for i in members]
-            new = torch.empty(0 if out is not None else sum(counts), 4, dtype=torch.float32, device=device)
-            longest = max(weights[i].numel() // weights[i].shape[dims[i]] for i in members)
-            block_n = min(triton.next_power_of_2(longest), MAX_BLOCK_N)
-            _channel_l1_l2_wg_kernel[(sum(counts),)](
-                new,
-                table,
-                len(members),
-                0.0 if momentum is None else momentum,
-                W_DTYPE=_TL_DTYPES[w_dtype],
-                G_DTYPE=_TL_DTYPES[g_dtype or w_dtype],
-                HAS_GRAD=grads is not None,
-                HAS_OUT=out is not None,
-                HAS_MOMENTUM=momentum is not None,
-                RANK=rank,
-                BLOCK_T=triton.next_power_of_2(len(members)),
-                BLOCK_N=block_n,
-                num_warps=num_warps_for(block_n),
-            )
-            if out is None:
-                for i, part in zip(members, new.split(counts)):
-                    results[i] = part
-    return results
+    return launch_channel_stats(prepare_channel_stats(weights, grads, out, dims), momentum)

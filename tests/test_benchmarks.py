@@ -6,6 +6,7 @@ hand-written PyTorch baselines compute what the kernels compute, and each CPU be
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not an installed package
 
-from benchmarks import common, compile_policy, inference, kernels, training  # noqa: E402
+from benchmarks import common, compile_policy, host, inference, kernels, training  # noqa: E402
 from cgap_triton.models import ModelSpec, SizeOracle  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -92,6 +93,19 @@ def test_index_select_cat_baseline_matches_surgery(kind):
         if not (isinstance(std, torch.Tensor) or std > 0):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert kernels.gather_bytes(calls) > 0
+
+
+def test_host_saliency_step_benchmark_runs_and_restores_the_kernel(tmp_path):
+    stats = pytest.importorskip("cgap_triton.kernels.stats")
+    kernel, interpret = stats._channel_l1_l2_wg_kernel, os.environ.get("TRITON_INTERPRET")
+    workloads = {"tiny-vgg": tiny_workload().spec, "tiny-resnet": ModelSpec("resnet20", 5, 3, 8)}
+    paths = host.run(common.environment(CPU), repeat=3, results_dir=tmp_path, workloads=workloads)
+    rows = json.loads(paths[0].read_text())["rows"]
+    assert {r["workload"] for r in rows} == set(workloads)
+    steps = [r for r in rows if r["path"].startswith(("old step", "plan step"))]
+    assert len(steps) == 4 and all(r["old_over_this"] > 0 for r in steps)
+    assert all(r["median_us"] > 0 and r["p20_us"] > 0 and r["p80_us"] > 0 for r in rows)
+    assert stats._channel_l1_l2_wg_kernel is kernel and os.environ.get("TRITON_INTERPRET") == interpret
 
 
 def test_compile_policy_verdict():

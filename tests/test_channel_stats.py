@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
-from cgap_triton.kernels import channel_stats, reference
+from cgap_triton.kernels import ChannelStatsPlan, channel_stats, reference
 
 triton = pytest.importorskip("triton")
 stats = pytest.importorskip("cgap_triton.kernels.stats")
@@ -305,6 +306,175 @@ def test_out_views_that_share_a_buffer_but_no_element_are_accepted(impl, momentu
     result = channel_stats(weights, out=out, momentum=momentum, impl=impl)
     assert all(r is o for r, o in zip(result, out))
     _assert_close(result, expected, scales, 1e-6, 2e-5)
+
+
+# ------------------------------------------------------------------------------------ ChannelStatsPlan
+
+
+def _odd_tensors(dtype: torch.dtype) -> tuple[list[torch.Tensor], list[int]]:
+    """Every single-tensor case above but the long ones (slow under the interpreter), for one call: odd shapes,
+    ranks 1-4, channel dims 0-2, transposed, sliced, expanded and permuted views."""
+    weights, dims = [], []
+    for case, (shape, dim, view) in CASES.items():
+        if not case.startswith("long-"):
+            t = _rand(*shape, dtype=dtype)
+            weights.append(view(t) if view else t)
+            dims.append(dim)
+    return weights, dims
+
+
+def _change_values(tensors: list[torch.Tensor]) -> None:
+    """New values at the same addresses (an optimizer step, a new backward into the same buffers)."""
+    for t in tensors:
+        if t.stride().count(0):  # an expanded view: write its one real row
+            t.as_strided((t.numel() // t.shape[1],), (t.stride(0),)).copy_(_rand(t.shape[0], dtype=t.dtype))
+        else:
+            t.copy_(_rand(*t.shape, dtype=t.dtype))
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("momentum", [None, 0.75])
+@pytest.mark.parametrize("with_grads", [False, True])
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_plan_matches_one_shot_and_reference(dtype, atol, rtol, with_grads, momentum, impl):
+    """A plan runs what channel_stats computes, bit for bit on the same impl, and keeps doing so as the values
+    change at the same addresses (two runs: the second blends into the first's out)."""
+    weights, dims = _odd_tensors(dtype)
+    grads = [_rand(*w.shape, dtype=dtype) for w in weights] if with_grads else None
+    if with_grads:  # a gradient whose layout differs from its weight's
+        conv = [case for case in CASES if not case.startswith("long-")].index("conv")
+        grads[conv] = _rand(*weights[conv].shape, dtype=dtype).to(memory_format=torch.channels_last)
+    out = [_rand(w.shape[d], 4) for w, d in zip(weights, dims)]
+    out_one_shot, out_reference = [o.clone() for o in out], [o.clone() for o in out]
+    plan = ChannelStatsPlan(weights, grads, out=out, dim=dims, impl=impl)
+    assert plan.impl == impl
+    for run in range(2):
+        if run:
+            _change_values(weights + (grads or []))
+        scales = _scale(weights, grads, dims, [o.clone() for o in out_reference], momentum)
+        result = plan.run(momentum)
+        assert all(r is o for r, o in zip(result, out)), "a plan returns its out tensors"
+        channel_stats(weights, grads, out=out_one_shot, momentum=momentum, dim=dims, impl=impl)
+        for i, (a, b) in enumerate(zip(out, out_one_shot)):
+            assert torch.equal(a, b), f"run {run}, tensor {i}: the plan and the one-shot call differ"
+        reference.channel_stats(weights, grads, out=out_reference, momentum=momentum, dim=dims)
+        _assert_close(out, out_reference, scales, atol, rtol)
+
+
+def test_plan_run_only_launches(monkeypatch):
+    """After construction: one launch per dtype group per run, no table built, nothing copied to the device."""
+    weights = [_rand(3, 4), _rand(5, 2, dtype=torch.float16), _rand(2, 3, 3), _rand(4, 3, dtype=torch.bfloat16)]
+    grads = [_rand(*w.shape, dtype=w.dtype) for w in weights]
+    out = [torch.zeros(w.shape[0], 4) for w in weights]
+    plan = ChannelStatsPlan(weights, grads, out=out, impl="triton")
+    launches, kernel = [], stats._channel_l1_l2_wg_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("plan.run built a table or copied to the device")
+
+    monkeypatch.setattr(stats, "_channel_l1_l2_wg_kernel", Counting())
+    monkeypatch.setattr(stats, "_table", refuse)
+    monkeypatch.setattr(stats, "prepare_channel_stats", refuse)
+    monkeypatch.setattr(torch.Tensor, "to", refuse)
+    plan.run()
+    plan(0.5)
+    assert sorted(launches) == [(4,), (4,), (5,), (5,), (5,), (5,)]  # (fp32: 3 + 2, fp16: 5, bf16: 4) x 2
+
+
+def test_plan_matches_only_its_own_tensors_at_their_addresses():
+    w = [torch.nn.Parameter(_rand(4, 3)), torch.nn.Parameter(_rand(6, 2, 2))]
+    for p in w:
+        p.grad = _rand(*p.shape)
+    grads, out = [p.grad for p in w], [torch.zeros(4, 4), torch.zeros(6, 4)]
+    plan = ChannelStatsPlan(w, grads, out=out, impl="torch")
+    assert plan.matches(w, grads, out) and plan.matches(w, grads)  # out=None: not compared
+    with torch.no_grad():
+        for t in w + grads + out:
+            t.add_(1.0)  # new values, same tensors: still the plan's
+    assert plan.matches(w, grads, out)
+    assert not plan.matches(w, None, out)  # no gradients now
+    assert not plan.matches(w[:1], grads[:1], out[:1])
+    assert not plan.matches(w, [grads[0], grads[1].clone()], out)  # p.grad = None, then a new backward
+    assert not plan.matches(w, grads, [out[0], torch.zeros(6, 4)])  # a new buffer (surgery replaces them)
+    assert not plan.matches([w[0], w[1].detach()], grads, out)  # the same memory, another tensor
+    assert ChannelStatsPlan(w, out=out, impl="torch").matches(w, None, out)
+    old = w[1].data
+    w[1].data = _rand(5, 2, 2)  # surgery: the same Parameter, new storage and shape
+    assert not plan.matches(w, grads, out)
+    w[1].data = old[:5]  # a view at the old address, another shape
+    assert not plan.matches(w, grads, out)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_a_stale_plan_touches_only_the_memory_it_was_built_on(impl):
+    """Run after ``p.data = new`` without a rebuild: the old storage, still held by the plan, not freed memory."""
+    w = torch.nn.Parameter(_rand(4, 3))
+    out = torch.zeros(4, 4)
+    old_w, old_out = w.detach(), out.detach()
+    plan = ChannelStatsPlan([w], out=[out], impl=impl)
+    w.data, out.data = _rand(6, 3), torch.zeros(6, 4)  # surgery-like swaps: same objects, new storage
+    assert not plan.matches([w], None, [out])
+    plan.run()
+    assert bool((out == 0).all()), "a stale plan wrote into the new out"
+    torch.testing.assert_close(old_out, reference.channel_stats([old_w])[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_a_plan_holds_gradients_weakly_and_refuses_to_run_once_one_is_freed(impl):
+    w = torch.nn.Parameter(_rand(4, 3))
+    w.grad = _rand(4, 3)
+    plan = ChannelStatsPlan([w], [w.grad], out=[torch.zeros(4, 4)], impl=impl)
+    plan.run()
+    assert plan.matches([w], [w.grad])
+    grad = weakref.ref(w.grad)
+    w.grad = None  # surgery, or zero_grad(set_to_none=True)
+    assert grad() is None, "the plan kept a freed gradient alive"
+    w.grad = _rand(4, 3)
+    assert not plan.matches([w], [w.grad])
+    with pytest.raises(RuntimeError, match="a gradient this plan was built on has been freed"):
+        plan.run()
+
+
+PLAN_BAD_CALLS = {
+    case: make
+    for case, (make, _) in (BAD_CALLS | BAD_MEMORY_CALLS).items()
+    if case != "momentum no out"  # a plan always has out
+}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", PLAN_BAD_CALLS)
+def test_plan_refuses_what_channel_stats_refuses_before_any_launch(case, impl, monkeypatch):
+    """The same ValueError, word for word, at construction (momentum: at run); nothing launched."""
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("the kernel was launched")
+
+    monkeypatch.setattr(stats, "_channel_l1_l2_wg_kernel", NoLaunch())
+    size = 5 if case in BAD_MEMORY_CALLS else 3  # the weights those calls default to: [5, 3] and [3, 4]
+    kwargs = dict(weights=[torch.ones(size, 7 - size)], out=[torch.zeros(size, 4)]) | PLAN_BAD_CALLS[case]()
+    weights, grads, momentum = kwargs.pop("weights"), kwargs.pop("grads", None), kwargs.pop("momentum", None)
+    with pytest.raises(ValueError) as expected:
+        channel_stats(weights, grads, momentum=momentum, impl=impl, **kwargs)
+    with pytest.raises(ValueError) as actual:
+        ChannelStatsPlan(weights, grads, impl=impl, **kwargs).run(momentum)
+    assert str(actual.value) == str(expected.value)
+
+
+def test_plan_needs_out_and_checks_momentum_at_run():
+    with pytest.raises(ValueError, match=r"^out: expected one float32"):
+        ChannelStatsPlan([torch.ones(3, 4)], out=None)
+    plan = ChannelStatsPlan([torch.ones(3, 4)], out=[torch.zeros(3, 4)])
+    for bad in (1.0, -0.1, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match=r"^momentum: expected a float in \[0, 1\)"):
+            plan.run(bad)
+    assert torch.equal(plan.run(0)[0], torch.tensor([[4.0, 4.0, 0.0, 0.0]] * 3))
 
 
 def test_triton_on_cpu_without_interpreter_raises_runtime_error():

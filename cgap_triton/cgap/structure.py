@@ -63,7 +63,7 @@ class Structure:
         apply_width_change(self.model, change, optimizer=self.optimizer, saliency=saliency, impl=self.impl)
         if self.channels_last:
             self._restore_channels_last()
-        if self.tracker is not None and hasattr(self.tracker, "invalidate"):
+        if self.tracker is not None:  # its prepared call holds the old tensors
             self.tracker.invalidate()
         self.params, self.macs = self.sizes(self.model.widths)
         self.peak_params = max(self.peak_params, self.params)
