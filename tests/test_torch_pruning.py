@@ -1,4 +1,5 @@
-"""The Torch-Pruning adapter against the real Torch-Pruning: same channels, Taylor with BatchNorm, optimizer state."""
+"""The Torch-Pruning adapter against the real Torch-Pruning: same scores and channels on torchvision CNNs of every
+kind of channel coupling, statistics once per step, Taylor with BatchNorm, optimizer state."""
 
 import copy
 import subprocess
@@ -9,6 +10,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torchvision.models.convnext import CNBlock, CNBlockConfig
+from torchvision.models.regnet import BlockParams
 
 tp = pytest.importorskip("torch_pruning")
 
@@ -17,7 +20,7 @@ from cgap_triton.integrations.torch_pruning import KernelImportance, prune_step,
 from cgap_triton.models import ModelSpec, build_model  # noqa: E402
 
 VGG_SPEC = ModelSpec("vgg", 10, 3, 32, (16, 16, "M", 32, 32))
-IMAGE = 16  # small inputs keep ResNet-18 cheap on CPU; every layer still sees at least 1×1 pixels
+IMAGE = 16  # small inputs keep the models cheap on CPU; every layer still sees at least 1×1 pixels
 
 
 def resnet18() -> nn.Module:
@@ -28,18 +31,53 @@ def vgg() -> nn.Module:
     return build_model(VGG_SPEC)
 
 
+# Reduced torchvision CNNs, one per kind of channel coupling Torch-Pruning handles.
+def mobilenet_v2() -> nn.Module:  # depthwise convolutions inside the groups
+    return torchvision.models.mobilenet_v2(weights=None, num_classes=10, width_mult=0.25)
+
+
+def mobilenet_v3() -> nn.Module:  # depthwise + squeeze-excitation
+    return torchvision.models.mobilenet_v3_small(weights=None, num_classes=10, width_mult=0.25)
+
+
+def resnext() -> nn.Module:  # grouped convolutions (ResNeXt-50's blocks, one per stage, narrower)
+    resnet = torchvision.models.resnet
+    return resnet.ResNet(resnet.Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=8, num_classes=10)
+
+
+def regnet() -> nn.Module:  # grouped convolutions + squeeze-excitation (a small RegNetY)
+    params = BlockParams.from_init_params(depth=4, w_0=16, w_a=8.0, w_m=2.0, group_width=8, se_ratio=0.25)
+    return torchvision.models.RegNet(params, num_classes=10)
+
+
+def densenet() -> nn.Module:  # concatenations
+    return torchvision.models.DenseNet(
+        growth_rate=8, block_config=(2, 2, 2), num_init_features=16, bn_size=2, num_classes=10
+    )
+
+
+def convnext() -> nn.Module:  # depthwise + LayerNorm + layer-scale parameters
+    return torchvision.models.ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10)
+
+
+CNNS = [resnet18, vgg, mobilenet_v2, mobilenet_v3, resnext, regnet, densenet, convnext]
+
+
 def classifier_of(model: nn.Module) -> nn.Module:
-    return model.fc if hasattr(model, "fc") else model.classifier
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
 
-def pruner_for(model, importance, *, global_pruning=False, ratio=0.3):
+def pruner_for(model, importance, *, global_pruning=False, ratio=0.3, steps=1):
+    layer_scales = [(m.layer_scale, 0) for m in model.modules() if isinstance(m, CNBlock)]
     return tp.pruner.BasePruner(
         model,
         torch.randn(1, 3, IMAGE, IMAGE),
         importance,
         pruning_ratio=ratio,
         global_pruning=global_pruning,
+        iterative_steps=steps,
         ignored_layers=[classifier_of(model)],
+        unwrapped_parameters=layer_scales or None,
     )
 
 
@@ -56,7 +94,7 @@ def widths(model):
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("make_model", [resnet18, vgg], ids=["resnet18", "vgg"])
+@pytest.mark.parametrize("make_model", CNNS, ids=lambda make: make.__name__)
 @pytest.mark.parametrize("global_pruning", [False, True], ids=["local", "global"])
 def test_l1_prunes_the_channels_torch_pruning_prunes(make_model, global_pruning):
     model = make_model()
@@ -69,6 +107,36 @@ def test_l1_prunes_the_channels_torch_pruning_prunes(make_model, global_pruning)
     assert history, "the step pruned nothing: the comparison would be empty"
     assert history == theirs_pruner.DG.pruning_history()
     assert widths(ours) == widths(theirs) != widths(model)
+
+
+SETTINGS = [  # (criterion, p, group_reduction, normalizer): every reduction, every normalizer
+    *[("l1", 1, reduction, None) for reduction in ("sum", "mean", "max", "prod", "first", "gate")],
+    *[("l2", 2, "mean", norm) for norm in ("mean", "sum", "max", "standarization", "gaussian", "lamp", "sentinel_0.5")],
+]
+
+
+@pytest.mark.parametrize("make_model", [mobilenet_v3, regnet, densenet, convnext], ids=lambda make: make.__name__)
+def test_group_scores_are_torch_pruning_scores(make_model):
+    model = make_model()
+    graph = pruner_for(model, KernelImportance()).DG
+    groups = list(graph.get_all_groups(ignored_layers=[classifier_of(model)], root_module_types=[nn.Conv2d, nn.Linear]))
+    # Depthwise convs sit in the groups of these two: Torch-Pruning does not count them, neither may we.
+    depthwise = {tp.prune_depthwise_conv_out_channels, tp.prune_depthwise_conv_in_channels}
+    assert any(item.dep.handler in depthwise for group in groups for item in group) == (
+        make_model in (mobilenet_v3, convnext)
+    )
+    for criterion, p, reduction, normalizer in SETTINGS:
+        ours = KernelImportance(criterion, reduction, normalizer)
+        theirs = tp.importance.GroupMagnitudeImportance(p=p, group_reduction=reduction, normalizer=normalizer)
+        for group in groups:
+            torch.testing.assert_close(ours(group), theirs(group), rtol=1e-4, atol=1e-5)
+        assert ours.launches == 1
+
+
+def test_the_group_arithmetic_is_torch_pruning_s_own():
+    # Only the per-layer scoring is ours; the reduction and the normalizers are inherited, not copied.
+    assert issubclass(KernelImportance, tp.importance.GroupMagnitudeImportance)
+    assert not {"_reduce", "_normalize", "_lamp"} & set(vars(KernelImportance))
 
 
 def test_one_launch_per_step_reading_the_live_weights(monkeypatch):
@@ -90,6 +158,61 @@ def test_one_launch_per_step_reading_the_live_weights(monkeypatch):
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     # Each conv read twice: its filters (dim 0) and, for the groups it consumes, its columns (dim 1).
     assert sum(1 for w, d in zip(weights, dims) if d == 1 and w.dim() == 4) == len(convs)
+
+
+def test_statistics_once_per_step_and_anew_at_new_step():
+    model = vgg()
+    importance = KernelImportance("l1", "sum", None)
+    reference = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="sum", normalizer=None)
+    pruner = pruner_for(model, importance)
+    conv = model.features.conv1.conv
+    group = pruner.DG.get_pruning_group(conv, tp.prune_conv_out_channels, list(range(conv.out_channels)))
+    for _ in range(2):  # the same root scored again is still the same step: no relaunch
+        torch.testing.assert_close(importance(group), reference(group))
+    assert importance.launches == 1
+    with torch.no_grad():
+        conv.weight.mul_(2.0)  # an in-place change the weight's version counter records: recomputed unasked
+    torch.testing.assert_close(importance(group), reference(group))
+    assert importance.launches == 2
+    conv.weight.data.mul_(3.0)  # through .data no version counter sees it: the step has to be started
+    importance.new_step()
+    torch.testing.assert_close(importance(group), reference(group))
+    assert importance.launches == 3
+
+
+def test_prune_step_starts_the_step():
+    model = vgg()
+    importance = KernelImportance("l1")
+    pruner = pruner_for(model, importance)
+    conv = model.features.conv1.conv
+    importance(pruner.DG.get_pruning_group(conv, tp.prune_conv_out_channels, list(range(conv.out_channels))))
+    generator = torch.Generator().manual_seed(1)
+    for p in model.parameters():  # new weights behind the cached statistics' back
+        p.data.copy_(torch.randn(p.shape, generator=generator))
+    theirs = copy.deepcopy(model)
+    theirs_pruner = pruner_for(theirs, tp.importance.GroupMagnitudeImportance(p=1))
+    prune_step(pruner)
+    theirs_pruner.step()
+    assert pruner.DG.pruning_history() == theirs_pruner.DG.pruning_history()
+
+
+def test_iterative_pruning_matches_torch_pruning_at_every_step():
+    model = mobilenet_v2()
+    ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
+    importance = KernelImportance("l1")
+    ours_pruner = pruner_for(ours, importance, ratio=0.5, steps=3)
+    theirs_pruner = pruner_for(theirs, tp.importance.GroupMagnitudeImportance(p=1), ratio=0.5, steps=3)
+    for step in range(3):
+        ours_pruner.step()  # a plain step: pruned (replaced) and updated weights are seen without new_step
+        theirs_pruner.step()
+        assert ours_pruner.DG.pruning_history() == theirs_pruner.DG.pruning_history(), step
+        for net in (ours, theirs):  # the same update on both, in place as an optimizer does
+            generator = torch.Generator().manual_seed(step)
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.mul_(1 + 0.5 * torch.randn(p.shape, generator=generator))
+    assert importance.launches == 3
+    assert widths(ours) == widths(theirs) != widths(model)
 
 
 def taylor_reference(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -163,8 +286,9 @@ def test_taylor_accumulation_restarts_after_pruning():
     assert importance.batches == 1
 
 
-def test_taylor_differs_from_torch_pruning_only_by_batchnorm():
-    model = resnet18()
+@pytest.mark.parametrize("make_model", [resnet18, mobilenet_v2], ids=lambda make: make.__name__)
+def test_taylor_differs_from_torch_pruning_only_by_batchnorm(make_model):
+    model = make_model()
     pruner = pruner_for(model, KernelImportance("taylor"))
     backward_on_batch(model)
     ours = KernelImportance("taylor", "sum", None)

@@ -1,17 +1,18 @@
 """Torch-Pruning adapter: importance scores from one ``channel_stats`` launch, optimizer state kept across pruning.
 
-:class:`KernelImportance` is a Torch-Pruning importance (a callable ``group -> scores``). Torch-Pruning's own
-estimators slice and reduce every layer of every group in Python, group by group; this one, when the pruner
-asks for the first group of a step, reads every conv/linear weight of the model twice (dim 0: the filters
-a layer produces, dim 1: the columns a layer consumes, read in place) and every norm weight once, all in one
-:func:`cgap_triton.kernels.channel_stats` launch, then assembles each group from those per-channel sums. The
-criteria, with the reductions and normalizers named and computed as in ``GroupMagnitudeImportance``:
+:class:`KernelImportance` is Torch-Pruning's ``GroupMagnitudeImportance`` with only its per-layer scoring
+replaced. Torch-Pruning slices and reduces every layer of every group in Python, group by group; this one,
+at the first group of a pruning step, reads every conv/linear weight of the model twice (dim 0: the filters a
+layer produces, dim 1: the columns a layer consumes, read in place) and every norm weight once, all in one
+:func:`cgap_triton.kernels.channel_stats` launch, and takes each layer's scores from those per-channel sums.
+Which items of a group count, their reduction and the normalizer are Torch-Pruning's own. The criteria:
 
 - ``"l1"``: Σ|w| per channel (``GroupMagnitudeImportance(p=1)``), ``"l2"``: Σw² (its ``p=2``);
 - ``"taylor"``: Σ|w·∂L/∂w| (``GroupTaylorImportance``), BatchNorm γ included (Torch-Pruning 1.6 skips it),
   accumulated over as many batches as :meth:`KernelImportance.accumulate` is called for, as a sum or an EMA
   fused into the statistics kernel. Without accumulation it scores the gradients present, like Torch-Pruning.
 
+:meth:`KernelImportance.new_step` starts a pruning step (fresh statistics); :func:`prune_step` calls it.
 :func:`record_pruning` notes, while Torch-Pruning prunes, which slices of each parameter it keeps, and
 :func:`prune_step` uses that to carry the optimizer over (:func:`cgap_triton.integrations.optim.carry_optimizer_state`).
 
@@ -31,6 +32,7 @@ from torch import nn
 
 try:
     import torch_pruning as tp
+    from torch_pruning.pruner import function
     from torch_pruning.pruner.function import BasePruningFunc
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -61,27 +63,38 @@ class _Entry:
     dim: int
 
 
-class KernelImportance(tp.importance.Importance):
-    """Torch-Pruning importance computed by the ``channel_stats`` kernel.
+class KernelImportance(tp.importance.GroupMagnitudeImportance):
+    """Torch-Pruning's ``GroupMagnitudeImportance`` with its per-layer scores read from one ``channel_stats`` launch.
 
     Args:
-        criterion: "l1" (Σ|w|), "l2" (Σw², Torch-Pruning's p=2) or "taylor" (Σ|w·g|, or |Σw·g| with
+        criterion: "l1" (Σ|w|, Torch-Pruning's p=1), "l2" (Σw², its p=2) or "taylor" (Σ|w·g|, or |Σw·g| with
             ``multivariable``).
-        group_reduction: how the items of a group combine, as in Torch-Pruning: "mean" (sum over the counted
-            items, then divided by their number), "sum", "max", "prod", "first" or "gate".
+        group_reduction: how the items of a group combine, Torch-Pruning's own ``_reduce``: "mean" (sum over the
+            counted items, then divided by their number), "sum", "max", "prod", "first" or "gate".
         normalizer: None, a callable, or "mean", "sum", "max", "standarization", "gaussian", "lamp",
-            "sentinel_<q>" (divide by the q-quantile score), as in Torch-Pruning.
+            "sentinel_<q>" (divide by the q-quantile score): Torch-Pruning's own ``_normalize``.
         accumulation: for "taylor", how :meth:`accumulate` combines batches: "sum" or "ema".
         momentum: the EMA's weight of the past, in [0, 1).
         multivariable: for "taylor", score |Σ w·g| per channel instead of Σ |w·g| (Torch-Pruning's option).
-        target_types: the layer types that count, Torch-Pruning's default; conv/linear weights count along their
-            filters (dim 0, dim 1 if transposed) when a group prunes outputs and along their columns when it
-            prunes inputs, and 1-D norm weights (BatchNorm and LayerNorm γ) count when it prunes outputs.
+        target_types: the layer types that count, Torch-Pruning's default.
         impl: kernel implementation, "auto", "triton" or "torch" (see :mod:`cgap_triton.kernels`).
 
-    ``__call__(group)`` returns one float32 score per root channel of the group (``len(group[0].idxs)``), or
-    None when no item of the group has weights of ``target_types``. Biases are not counted. A depthwise
-    convolution counts through its filters only (its input side is the same weights).
+    Only the per-layer scoring is this class's own (:meth:`_layer_importance`). The walk over a group is
+    ``GroupMagnitudeImportance.__call__``'s, item for item: an item counts when its layer is of ``target_types``
+    and its pruning function is one that function dispatches on — a conv/linear pruned on its outputs (its
+    filters) or its inputs (its columns, repeated per group for grouped convs), a BatchNorm or LayerNorm with
+    affine weights (γ). The reduction over the items and the normalizer are the inherited ``_reduce`` and
+    ``_normalize``. So a depthwise convolution, whose items carry Torch-Pruning's depthwise pruning functions,
+    is not counted, as in Torch-Pruning; with "taylor", BatchNorm is counted (Torch-Pruning 1.6's
+    ``GroupTaylorImportance`` tests for the GroupNorm function there and so skips it). Biases are not counted.
+
+    ``__call__(group)`` returns one float32 score per channel of the group, or None when no item counts.
+
+    Statistics are computed once per pruning step, at the first group scored, and reused for the other groups.
+    :meth:`new_step` starts a step (:func:`prune_step` calls it); without it, they are recomputed only when a
+    weight (or, for "taylor", a gradient) has been replaced, reshaped or changed through autograd-visible
+    in-place ops (an optimizer step, ``copy_`` under ``no_grad``). Edits through ``.data`` are invisible to
+    that check: call :meth:`new_step` after them.
     """
 
     def __init__(
@@ -106,24 +119,34 @@ class KernelImportance(tp.importance.Importance):
             raise ValueError(f"accumulation: expected one of {ACCUMULATIONS}, got {accumulation!r}")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
             raise ValueError(f"momentum: expected a float in [0, 1), got {momentum!r}")
+        super().__init__(
+            p=2 if criterion == "l2" else 1,
+            group_reduction=group_reduction,
+            normalizer=normalizer,
+            bias=False,
+            target_types=tuple(target_types),
+        )
         self.criterion = criterion
-        self.group_reduction = group_reduction
-        self.normalizer = normalizer
         self.accumulation = accumulation
         self.momentum = float(momentum)
         self.multivariable = multivariable
-        self.target_types = tuple(target_types)
         self.impl = impl
         self.launches = 0  # channel_stats calls so far: one per pruning step (and one per accumulated batch)
         self._stats: dict[tuple[int, int], torch.Tensor] = {}
         self._stats_key: tuple = ()
-        self._scored_roots: set[tuple[int, object]] = set()
         self._sums: dict[tuple[int, int], torch.Tensor] = {}
         self._sums_key: tuple = ()
         self._batches = 0
         self._scores_of_sums: dict[tuple[int, int], torch.Tensor] | None = None
 
-    # ------------------------------------------------------------------ Taylor accumulation
+    # ------------------------------------------------------------------ steps and Taylor accumulation
+    def new_step(self) -> None:
+        """Start a pruning step: the next group scored recomputes the statistics from the weights as they are.
+
+        Call it before each ``pruner.step()`` (:func:`prune_step` does); the Taylor accumulation is kept.
+        """
+        self._stats, self._stats_key = {}, ()
+
     @torch.no_grad()
     def accumulate(self, model: nn.Module) -> None:
         """Fold the gradients of the last backward into the Taylor scores (call it after each backward).
@@ -160,7 +183,7 @@ class KernelImportance(tp.importance.Importance):
     def reset(self) -> None:
         """Forget the accumulated Taylor scores and the cached statistics."""
         self._sums, self._sums_key, self._batches, self._scores_of_sums = {}, (), 0, None
-        self._stats, self._stats_key, self._scored_roots = {}, (), set()
+        self.new_step()
 
     @property
     def batches(self) -> int:
@@ -173,40 +196,65 @@ class KernelImportance(tp.importance.Importance):
         graph = getattr(group, "_DG", None)
         if graph is None:
             raise ValueError("group: expected a group made by a Torch-Pruning DependencyGraph (its _DG is None)")
-        stats = self._statistics(graph.model, group)
-        root_count = len(group[0].idxs)
-        scores, roots = [], []
-        for item in group:
-            dep, idxs, root_idxs = item.dep, item.idxs, item.root_idxs
-            layer = dep.target.module
-            if not isinstance(layer, self.target_types) or any(r is None for r in root_idxs):
-                continue
-            dim, repeat = _item_dim(layer, dep.handler, graph)
-            if dim is None:
-                continue
-            channel_stats_of_layer = stats.get((id(layer), dim))
-            if channel_stats_of_layer is None:
-                raise ValueError(
-                    f"{type(layer).__name__} in the group has no statistics: for 'taylor', its weight needs a "
-                    "gradient (run loss.backward() first)"
-                )
-            local = self._column(channel_stats_of_layer)
-            if repeat > 1:
-                local = local.repeat(repeat)
-            index = torch.as_tensor(idxs, dtype=torch.int64, device=local.device)
-            scores.append(local[index])
-            roots.append(torch.as_tensor(root_idxs, dtype=torch.int64, device=local.device))
-        if not scores:
+        stats = self._statistics(graph.model)
+        group_imp, group_idxs = [], []
+        for i, (dep, idxs) in enumerate(group):  # GroupMagnitudeImportance.__call__'s walk
+            layer, root_idxs = dep.layer, group[i].root_idxs
+            if not isinstance(layer, tuple(self.target_types)) or any(r is None for r in root_idxs):
+                continue  # the second: items _reduce skips, not scored (a frozen layer needs no gradient)
+            local = self._layer_importance(layer, dep.pruning_fn, idxs, stats)
+            if local is not None:
+                group_imp.append(local)
+                group_idxs.append(root_idxs)
+        if not group_imp:
             return None
-        return _normalize(_reduce(scores, roots, root_count, self.group_reduction), self.normalizer)
+        return self._normalize(self._reduce(group_imp, group_idxs), self.normalizer)
+
+    def _layer_importance(self, layer: nn.Module, prune_fn, idxs, stats) -> torch.Tensor | None:
+        """The scores of the channels ``idxs`` of ``layer``, or None where GroupMagnitudeImportance counts nothing.
+
+        The dispatch is GroupMagnitudeImportance's, on Torch-Pruning's own pruning functions; the numbers are
+        rows of this step's ``channel_stats`` results instead of slices reduced in Python.
+        """
+        transposed = bool(getattr(layer, "transposed", False))
+        if prune_fn in (function.prune_conv_out_channels, function.prune_linear_out_channels):
+            dim, repeat = (1 if transposed else 0), 1
+        elif prune_fn in (function.prune_conv_in_channels, function.prune_linear_in_channels):
+            dim, repeat = (0 if transposed else 1), 1
+            if prune_fn == function.prune_conv_in_channels and layer.groups != 1:
+                if layer.groups == layer.in_channels:
+                    # Torch-Pruning reaches this only for a channel-multiplier conv (a plain depthwise conv has
+                    # its own pruning function) and indexes past its single column there; count nothing.
+                    return None
+                repeat = layer.groups  # the columns cover in_channels / groups: Torch-Pruning repeats them
+        elif prune_fn == function.prune_batchnorm_out_channels:
+            if not layer.affine:
+                return None
+            dim, repeat = 0, 1
+        elif prune_fn == function.prune_layernorm_out_channels:
+            if not layer.elementwise_affine:
+                return None
+            dim, repeat = 0, 1
+        else:
+            return None
+        layer_stats = stats.get((id(layer), dim))
+        if layer_stats is None:
+            raise ValueError(
+                f"{type(layer).__name__} in the group has no statistics: for 'taylor', its weight needs a "
+                "gradient (run loss.backward() first)"
+            )
+        local = self._column(layer_stats)
+        if repeat > 1:
+            local = local.repeat(repeat)
+        return local[torch.as_tensor(idxs, dtype=torch.int64, device=local.device)]
 
     def _column(self, stats: torch.Tensor) -> torch.Tensor:
         if self.criterion == "taylor" and self.multivariable:
             return stats[:, _WG].abs()
         return stats[:, _COLUMN[self.criterion]]
 
-    def _statistics(self, model, group) -> dict[tuple[int, int], torch.Tensor]:
-        """Per-(layer, dim) statistics for this step: one launch at the first group, cached for the rest."""
+    def _statistics(self, model) -> dict[tuple[int, int], torch.Tensor]:
+        """Per-(layer, dim) statistics for this step: one launch at the first group, reused for the rest."""
         taylor = self.criterion == "taylor"
         entries = self._entries(model, with_grads=taylor)
         if taylor and self._batches:
@@ -223,13 +271,10 @@ class KernelImportance(tp.importance.Importance):
                 stacklevel=3,
             )
             self._sums, self._sums_key, self._batches, self._scores_of_sums = {}, (), 0, None
-        # A root scored twice means a new pass over the groups (a new step): recompute even if nothing
-        # visible changed, since in-place edits through .data do not bump tensor versions.
-        root = (id(group[0].dep.target.module), group[0].dep.handler)
+        # Within a step nothing changes; a stale cache (weights pruned, trained, re-graded) is caught here too.
         key = _identity_key(entries, versions=True, grads=taylor)
-        if not _same_key(key, self._stats_key) or root in self._scored_roots or not self._stats:
-            self._stats, self._stats_key, self._scored_roots = self._launch(entries, taylor), key, set()
-        self._scored_roots.add(root)
+        if not self._stats or not _same_key(key, self._stats_key):
+            self._stats, self._stats_key = self._launch(entries, taylor), key
         return self._stats
 
     def _launch(self, entries: list[_Entry], taylor: bool) -> dict[tuple[int, int], torch.Tensor]:
@@ -258,26 +303,6 @@ class KernelImportance(tp.importance.Importance):
             elif weight.dim() == 1:
                 entries.append(_Entry(module, weight, 0))
         return entries
-
-
-def _item_dim(layer: nn.Module, handler, graph) -> tuple[int | None, int]:
-    """(dim of ``layer.weight`` whose channels the item prunes, repeat factor for grouped convs) or (None, 0)."""
-    is_out = graph.is_out_channel_pruning_fn(handler)
-    if isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)):
-        transposed = getattr(layer, "transposed", False)
-        if is_out:
-            return (1 if transposed else 0), 1
-        if not graph.is_in_channel_pruning_fn(handler):
-            return None, 0
-        groups = getattr(layer, "groups", 1)
-        if groups > 1 and groups == layer.in_channels:
-            return None, 0  # depthwise: the same weights already count through the filters
-        # Grouped convs: weight columns cover in_channels / groups; Torch-Pruning repeats them per group.
-        return (0 if transposed else 1), groups
-    weight = getattr(layer, "weight", None)
-    if is_out and isinstance(weight, torch.Tensor) and weight.dim() == 1:
-        return 0, 1
-    return None, 0
 
 
 def _identity_key(entries: list[_Entry], *, versions: bool, grads: bool = False) -> tuple:
@@ -317,61 +342,6 @@ def _known_normalizer(name: object) -> bool:
         except ValueError:
             return False
     return name in NORMALIZERS
-
-
-def _reduce(scores: list[torch.Tensor], roots: list[torch.Tensor], length: int, reduction: str) -> torch.Tensor:
-    """Torch-Pruning's group reduction: item scores land on their root channels (scatter over root indices)."""
-    device = scores[0].device
-    if reduction == "prod":
-        reduced = torch.ones(length, dtype=torch.float32, device=device)
-    elif reduction == "max":
-        reduced = torch.full((length,), -99999.0, dtype=torch.float32, device=device)  # Torch-Pruning's floor
-    else:
-        reduced = torch.zeros(length, dtype=torch.float32, device=device)
-    for i, (score, root) in enumerate(zip(scores, roots)):
-        score = score.float()
-        if reduction in ("sum", "mean"):
-            reduced.scatter_add_(0, root, score)
-        elif reduction == "max":
-            reduced.scatter_(0, root, torch.maximum(reduced.index_select(0, root), score))
-        elif reduction == "prod":
-            reduced.scatter_(0, root, reduced.index_select(0, root) * score)
-        elif (reduction == "first" and i == 0) or (reduction == "gate" and i == len(scores) - 1):
-            reduced.scatter_(0, root, score)
-    if reduction == "mean":
-        reduced /= len(scores)
-    return reduced
-
-
-def _normalize(scores: torch.Tensor, normalizer) -> torch.Tensor:
-    """Torch-Pruning's normalizers, with its epsilons."""
-    if normalizer is None:
-        return scores
-    if callable(normalizer):
-        return normalizer(scores)
-    if normalizer == "sum":
-        return scores / scores.sum()
-    if normalizer == "mean":
-        return scores / scores.mean()
-    if normalizer == "max":
-        return scores / scores.max()
-    if normalizer == "standarization":
-        return (scores - scores.min()) / (scores.max() - scores.min() + 1e-8)
-    if normalizer == "gaussian":
-        return (scores - scores.mean()) / (scores.std() + 1e-8)
-    if normalizer == "lamp":
-        return _lamp(scores)
-    position = int(float(normalizer.split("_", 1)[1]) * len(scores))  # sentinel_<q>
-    return scores / (scores[torch.argsort(scores)[position]] + 1e-8)
-
-
-def _lamp(scores: torch.Tensor) -> torch.Tensor:
-    """LAMP: each score over the sum of the scores not smaller than it."""
-    ordered, order = scores.sort()
-    larger_or_equal = scores.sum() - torch.cat([ordered.new_zeros(1), ordered.cumsum(0)[:-1]])
-    result = torch.empty_like(scores)
-    result[order] = ordered / larger_or_equal
-    return result
 
 
 # ---------------------------------------------------------------------- optimizer state across pruning
@@ -448,9 +418,12 @@ def _recording(prune_parameter: Callable, record: PruningRecord) -> Callable:
 def prune_step(pruner, optimizer: torch.optim.Optimizer | None = None, *, impl: str = "auto") -> PruningRecord:
     """``pruner.step()``, then the optimizer re-pointed at the pruned parameters with its state cut to match.
 
+    A :class:`KernelImportance` of the pruner is told first that a step starts (:meth:`KernelImportance.new_step`).
     Every kept channel keeps its momentum (and Adam moments, ...), so training continues where it was.
     Returns the :class:`PruningRecord` of the step.
     """
+    if isinstance(pruner.importance, KernelImportance):
+        pruner.importance.new_step()
     with record_pruning(pruner) as record:
         pruner.step()
     if optimizer is not None:
