@@ -32,13 +32,19 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="summarise finished runs (side by side) and redraw growth.png")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR")
     sweep = sub.add_parser(
-        "sweep", help="accuracy versus size: CGaP and prune-only at several params targets, and dense"
+        "sweep", help="accuracy versus size: CGaP and its baselines at several params targets, and dense"
     )
-    sweep.add_argument("recipe", help="a CGaP recipe; the prune-only and dense baselines are derived from it")
+    sweep.add_argument("recipe", help="a CGaP recipe; the baselines are derived from it")
     sweep.add_argument(
         "--targets", default="0.5,0.7,0.8,0.9,0.95", help="params-reduction targets (default: %(default)s)"
     )
     sweep.add_argument("--seeds", type=int, default=3, help="seeds per configuration, from run.seed on (default: 3)")
+    sweep.add_argument(
+        "--methods",
+        default="cgap,prune_only,dense,scratch_e,scratch_b",
+        help="what to run (default: %(default)s); scratch_e/scratch_b train the final widths of the CGaP run of "
+        "the same target and seed from scratch, for the same epochs / the same training MACs",
+    )
     sweep.add_argument(
         "--out", help="sweep folder (default: runs/sweep-<recipe-stem>-<UTC time>); an existing one is continued"
     )
@@ -189,7 +195,7 @@ def _recipe(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep import SweepError, parse_targets, run_sweep
+    from .sweep import SweepError, parse_methods, parse_targets, run_sweep
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
@@ -208,7 +214,8 @@ def _sweep(args) -> int:
     from .runfolder import RunFolderError
 
     try:
-        run_sweep(recipe, parse_targets(args.targets), args.seeds, out, command=command)
+        targets, methods = parse_targets(args.targets), parse_methods(args.methods)
+        run_sweep(recipe, targets, args.seeds, out, methods=methods, command=command)
     except RecipeError as err:  # a derived run's recipe (e.g. a seed past the limit)
         return _print_problems(err.problems)
     except (SweepError, DataError, CheckpointError, RunFolderError) as err:

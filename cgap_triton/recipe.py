@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 import types
 import typing
@@ -41,8 +42,8 @@ def _opt(
     doc: str = "",
 ) -> Any:
     meta = {"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "doc": doc}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -79,6 +80,11 @@ class ModelConfig:
     num_classes: int = _opt(0, lo=0, doc="0: from the data set")
     round_to: int = _opt(8, lo=1)
     width_multiplier: float = _opt(1.0, lo=0.0, hi=16.0, lo_open=True)
+    widths: dict = _opt(
+        {},
+        doc="starting widths, channel group → width (e.g. {conv1 = 8, conv2 = 20}); a group not named starts at its "
+        "seed width (cgap.seed_fraction of full, so full width in a run without growth); {}: every group does",
+    )
 
 
 @dataclass(frozen=True)
@@ -111,9 +117,19 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ImportanceConfig:
-    criterion: str = _opt("taylor", choices=("taylor", "taylor_signed", "l1", "l2"))
+    criterion: str = _opt(
+        "taylor",
+        choices=("taylor", "taylor_signed", "l1", "l2", "consumer_taylor", "bn_taylor"),
+        doc="taylor: Σ|w·∂L/∂w| over the filter; consumer_taylor: (Σ V·∂L/∂V over the unit's consumer columns)², "
+        "the first-order loss change of removing the unit; bn_taylor: (γ·∂L/∂γ + β·∂L/∂β)²",
+    )
     momentum: float = _opt(0.9, lo=0.0, hi=1.0, hi_open=True)
     every: int = _opt(1, lo=1, doc="steps between saliency updates")
+    newborn: str = _opt(
+        "share",
+        choices=("share", "mean"),
+        doc="a new unit's saliency: share (half of its parent's, the parent keeps half) or mean (its group's mean)",
+    )
 
 
 @dataclass(frozen=True)
@@ -123,11 +139,22 @@ class GrowConfig:
     rate: float = _opt(0.25, lo=0.0, lo_open=True)
     cap_fraction: float = _opt(1.0, lo=0.0, lo_open=True)
     selection: str = _opt("importance", choices=("importance", "random"))
-    init: str = _opt("copy_zero_out", choices=("copy_zero_out", "split", "random_zero_out"))
+    init: str = _opt(
+        "copy_zero_out",
+        choices=("copy_zero_out", "split", "random_zero_out", "orthogonal_zero_out"),
+        doc="orthogonal_zero_out: incoming filters orthogonal to the existing ones (and to each other), zero out",
+    )
     noise: float = _opt(0.01, lo=0.0)
     patience: int = _opt(3, lo=1)
     min_gain: float = _opt(0.1, lo=0.0, doc="validation accuracy points a growth window must gain")
     until: float = _opt(0.4, lo=0.0, hi=1.0, doc="fraction of training after which growth stops")
+    reach: float = _opt(
+        0.0,
+        lo=0.0,
+        hi=1.0,
+        doc="0: grow by rate; otherwise every group grows geometrically from its seed to its cap, reaching it at "
+        "this fraction of training (rate is then unused)",
+    )
 
 
 @dataclass(frozen=True)
@@ -139,6 +166,12 @@ class PruneConfig:
     min_fraction: float = _opt(0.05, lo=0.0, hi=1.0, lo_open=True)
     target_reduction: float = _opt(0.789, lo=0.0, hi=1.0, hi_open=True)
     max_accuracy_drop: float = _opt(1.0, lo=0.0, doc="validation accuracy points")
+    rank: str = _opt(
+        "normalized",
+        choices=("normalized", "per_param"),
+        doc="normalized: lowest S / mean(S of the group) first, budget in units; per_param: lowest S per parameter "
+        "the unit frees first (S compared across groups as it is), budget in parameters",
+    )
 
 
 @dataclass(frozen=True)
@@ -318,6 +351,18 @@ def _check_value(key: str, value: Any, expected: Any, meta: Mapping[str, Any], s
     elif expected is list:
         if not isinstance(value, list):
             return bad("a list [...]")
+    elif expected is dict:
+        if not isinstance(value, Mapping):
+            return bad("a table of channel group → width, such as {conv1 = 8, conv2 = 20}")
+        wrong = [
+            f"{name} = {width!r}"
+            for name, width in value.items()
+            if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= INT_LIMIT
+        ]
+        if wrong:
+            problems.append(f"{source}: {key}: expected widths that are integers >= 1, got {', '.join(wrong)}")
+            return _INVALID
+        return dict(value)
     choices = meta.get("choices")
     if choices and value not in choices:
         near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
@@ -357,6 +402,11 @@ def _check_combinations(recipe: Recipe, source: str, problems: list[str]) -> Non
         ms = recipe.optim.milestones
         if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in ms):
             problems.append(f"{source}: optim.milestones: expected fractions of training in (0, 1), got {ms}")
+    if cgap.grow.reach > cgap.grow.until:
+        problems.append(
+            f"{source}: cgap.grow.reach: expected <= cgap.grow.until ({cgap.grow.until}), since growth stops there, "
+            f"got {cgap.grow.reach}"
+        )
     if cgap.grow.enabled and cgap.grow.until == 0:
         problems.append(f"{source}: cgap.grow.until: expected > 0 when growth is enabled, got 0")
     if cgap.grow.until + cgap.stabilize > 1:
@@ -419,4 +469,10 @@ def _toml_value(value: Any) -> str:
         return "inf" if value == math.inf else repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table; a key that is not a bare TOML key is quoted
+        items = (f"{k if _BARE_KEY.fullmatch(k) else _toml_value(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
     return repr(value)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

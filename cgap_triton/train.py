@@ -128,6 +128,18 @@ class CGaPRecipe:
         self.widths_full = self.spec.full_widths()
         self.params_full, self.macs_full = self.sizes(self.widths_full)
         self.widths_seed = seed_widths(self.widths_full, r.cgap.seed_fraction, r.model.round_to)
+        # model.widths: the run starts at these widths instead (a group it does not name, at its seed width).
+        full, named = self.widths_full, r.model.widths
+        unknown = [k for k in named if k not in full]
+        problems = [f"model.widths: unknown groups {', '.join(unknown)}; expected names among {', '.join(full)}"]
+        problems = (problems if unknown else []) + [
+            f"model.widths: {k}: expected at most the group's full width {full[k]}, got {v}"
+            for k, v in named.items()
+            if k in full and v > full[k]
+        ]
+        if problems:
+            raise RecipeError(problems)
+        self.widths_seed = {**self.widths_seed, **named}
 
         widths = state["widths"] if state else self.widths_seed
         self.model = build_model(self.spec, widths, device=self.device)
@@ -152,7 +164,11 @@ class CGaPRecipe:
                 f"(no full batch to train on), got {r.data.batch_size}"
             )
         self.tracker = SaliencyTracker(
-            self.model, r.cgap.importance.criterion, r.cgap.importance.momentum, r.cgap.importance.every
+            self.model,
+            r.cgap.importance.criterion,
+            r.cgap.importance.momentum,
+            r.cgap.importance.every,
+            newborn=r.cgap.importance.newborn,
         )
         self.schedule = Schedule(
             r.cgap,
@@ -416,6 +432,7 @@ class CGaPRecipe:
             "train_macs": p.train_macs,
             "compiled": self.compiled.active,
             "saliency_spread": self._saliency_spread(),
+            "twin_fraction": self.structure.twin_fractions(),
         }
         self.telemetry.log_metrics(metrics)
         self.compiled.check_fallbacks(p.step)
@@ -676,6 +693,7 @@ class CGaPRecipe:
             "widths": self.model.widths,
             "widths_full": self.widths_full,
             "widths_seed": self.widths_seed,
+            "twin_fraction": self.structure.twin_fractions(),
             "structural_changes": self.schedule.changes,
             "growth_steps": self.structure.counts.get("grow", 0),
             "pruning_steps": self.structure.counts.get("prune", 0),

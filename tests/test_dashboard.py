@@ -63,6 +63,7 @@ def run_sequence(full: dict[str, int]) -> list[tuple[str, dict]]:
                 "train_macs": step * macs * 96,
                 "compiled": step > 10,
                 "saliency_spread": {g: [0.25, 0.75, 2.5] for g in widths},
+                "twin_fraction": {g: 0.875 if i == 0 else 0.0 for i, g in enumerate(widths)},
             },
         )
 
@@ -294,3 +295,9 @@ def test_in_a_terminal_the_run_draws_the_dashboard(tmp_path):
     assert " DONE " in screen and "test accuracy" in screen
     assert not re.search(r"^step +\d+ epoch ", screen, flags=re.M)  # no plain lines under the dashboard
     assert (out / "summary.json").is_file()
+
+
+def test_the_group_table_shows_how_many_units_are_twins():
+    text = rendered_text(VGG_FULL)
+    assert "twins" in text
+    assert re.search(r"conv1 .*88%", text) and re.search(r"conv2 .* 0%", text)

@@ -1,4 +1,15 @@
-"""Saliency of every unit: per-channel statistics after backward, smoothed by an EMA, in one kernel call."""
+"""Saliency of every unit: per-channel statistics after backward, smoothed by an EMA, in one kernel call.
+
+Two families of criteria:
+
+- statistics of the unit's own filter (``taylor`` = Σ|w·∂L/∂w|, ``taylor_signed``, ``l1``, ``l2``), the EMA fused
+  into the ``channel_stats`` launch;
+- the unit's first-order effect on the loss, squared per batch and then averaged: ``consumer_taylor`` is
+  (Σ V·∂L/∂V over the unit's consumer columns)², which equals (Σ a·∂L/∂a)² over the unit's output
+  activations a (Molchanov et al. 2019); ``bn_taylor`` is (γ·∂L/∂γ + β·∂L/∂β)², the same for the BatchNorm
+  output. A filter followed by BatchNorm is scale-free to the loss, so Σ w·∂L/∂w over it is 0: its own filter
+  cannot tell how much the unit matters, its consumers and its BatchNorm can.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +20,8 @@ from ..models import GrowableNet
 
 # channel_stats columns: l1 = Σ|w|, l2sq = Σw², wg = Σw·g, wg_abs = Σ|w·g|
 _COLUMN = {"l1": 0, "l2": 1, "taylor_signed": 2, "taylor": 3}
+EFFECT_CRITERIA = ("consumer_taylor", "bn_taylor")  # EMA of a squared per-batch loss change, one column
+CRITERIA = (*_COLUMN, *EFFECT_CRITERIA)
 
 
 class SaliencyTracker:
@@ -33,17 +46,34 @@ class SaliencyTracker:
         momentum: float = 0.9,
         every: int = 1,
         *,
+        newborn: str = "share",
         impl: str = "auto",
     ):
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion: expected one of {CRITERIA}, got {criterion!r}")
         self.model, self.criterion, self.momentum, self.every = model, criterion, momentum, every
-        self.needs_grads = criterion.startswith("taylor")
+        self.newborn = newborn
+        self.needs_grads = criterion != "l1" and criterion != "l2"
         self.impl = impl  # channel_stats implementation: "auto", "triton" or "torch"
         self._names = [g.name for g in model.groups]
         self._weights = [model.get_parameter(g.saliency) for g in model.groups]
+        if criterion == "consumer_taylor":
+            # One consumer per group in the width-list nets; a group with several sums their columns.
+            self._stat_tensors = [[model.get_parameter(n) for n, _ in g.consumers] for g in model.groups]
+            self._stat_dims = [[d for _, d in g.consumers] for g in model.groups]
+        elif criterion == "bn_taylor":
+            self._stat_tensors = [
+                [model.get_parameter(n) for n, _ in g.producers if n.endswith(("bn.weight", "bn.bias"))]
+                for g in model.groups
+            ]
+        columns = 1 if criterion in EFFECT_CRITERIA else 4
         device = next(model.parameters()).device
-        self.buffers = {name: torch.zeros(w.shape[0], 4, device=device) for name, w in zip(self._names, self._weights)}
+        self.buffers = {
+            name: torch.zeros(w.shape[0], columns, device=device) for name, w in zip(self._names, self._weights)
+        }
         self.updates = 0
         self._plan: ChannelStatsPlan | None = None
+        self._scratch: list[torch.Tensor] = []
 
     def invalidate(self) -> None:
         """Drop the prepared call and the storage it holds (weights, gradients and buffers from before a structural
@@ -55,6 +85,9 @@ class SaliencyTracker:
     def update(self, step: int) -> None:
         """After a backward pass: fold this batch's statistics into the EMA (every ``every`` steps)."""
         if step % self.every:
+            return
+        if self.criterion in EFFECT_CRITERIA:
+            self._update_effect()
             return
         weights, grads = self._weights, None
         if self.needs_grads:
@@ -70,8 +103,68 @@ class SaliencyTracker:
         plan.run(self.momentum if self.updates else None)
         self.updates += 1
 
+    def _batch_effect(self) -> list[torch.Tensor] | None:
+        """This batch's first-order loss change of removing each unit, per group (None without gradients)."""
+        if self.criterion == "bn_taylor":
+            effects = []
+            for gamma, beta in self._stat_tensors:
+                if gamma.grad is None or beta.grad is None:
+                    return None
+                effects.append(torch.addcmul(gamma * gamma.grad, beta, beta.grad))
+            return effects
+        flat = [t for ts in self._stat_tensors for t in ts]
+        grads = [t.grad for t in flat]
+        if any(g is None for g in grads):
+            return None
+        dims = [d for ds in self._stat_dims for d in ds]
+        if len(self._scratch) != len(flat) or any(
+            s.shape[0] != t.shape[d] for s, t, d in zip(self._scratch, flat, dims)
+        ):
+            self._scratch = [torch.empty(t.shape[d], 4, device=t.device) for t, d in zip(flat, dims)]
+            self._plan = None
+        plan = self._plan
+        if plan is None or not plan.matches(flat, grads, self._scratch):
+            plan = self._plan = None
+            plan = self._plan = ChannelStatsPlan(flat, grads, out=self._scratch, dim=dims, impl=self.impl)
+        plan.run(None)
+        effects, k = [], 0
+        for ts in self._stat_tensors:
+            effect = self._scratch[k][:, 2].clone()
+            for j in range(1, len(ts)):
+                effect += self._scratch[k + j][:, 2]
+            effects.append(effect)
+            k += len(ts)
+        return effects
+
+    def _update_effect(self) -> None:
+        effects = self._batch_effect()
+        if effects is None:
+            return
+        for name, effect in zip(self._names, effects):
+            squared = (effect * effect).unsqueeze(1)
+            if self.updates:  # the first update seeds the average instead of blending into zeros
+                self.buffers[name].mul_(self.momentum).add_(squared, alpha=1 - self.momentum)
+            else:
+                self.buffers[name].copy_(squared)
+        self.updates += 1
+
+    @torch.no_grad()
+    def after_change(self, change) -> None:
+        """The newborn rule once surgery has carried the buffers through ``change`` (``share``: as surgery left
+        them, a child with half of its parent's saliency; ``mean``: a new unit starts at its group's mean)."""
+        self.invalidate()
+        if self.newborn != "mean" or change.kind != "grow":
+            return
+        for name, group in change.groups.items():
+            new = group.new.to(self.buffers[name].device)
+            if bool(new.any()) and not bool(new.all()):
+                buffer = self.buffers[name]
+                buffer[new] = buffer[~new].mean(0)
+
     def scores(self) -> dict[str, torch.Tensor]:
         """S per unit, per group (float32, on the buffers' device)."""
+        if self.criterion in EFFECT_CRITERIA:
+            return {name: buf[:, 0].clone() for name, buf in self.buffers.items()}
         column = _COLUMN[self.criterion]
         out = {}
         for name, buf in self.buffers.items():

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models import round_up
+from ..models import round_up, seed_widths
 from ..recipe import CGaPConfig
 from ..telemetry.events import PHASES, Event, GrowthStopped, Phase, PhaseChanged, PruningStopped
 from .change import GroupChange, WidthChange
@@ -63,6 +63,14 @@ class Schedule:
         self.caps = {
             k: min(v, max(round_to, round_up(v * cfg.grow.cap_fraction, round_to))) for k, v in self.full.items()
         }
+        self.seeds = seed_widths(self.full, cfg.seed_fraction, round_to)
+        # The growth step at which every group reaches its cap: the last one at or before grow.reach that
+        # still comes before growth stops at grow.until.
+        reach = round(cfg.grow.reach * self.total_steps)
+        last = reach // self.grow_every * self.grow_every
+        if last >= self.grow_until:
+            last -= self.grow_every
+        self.reach_step = max(self.grow_every, last) if cfg.grow.reach else 0
         self.floors = {
             k: min(v, max(round_to, round_up(v * cfg.prune.min_fraction, round_to))) for k, v in self.full.items()
         }
@@ -145,7 +153,7 @@ class Schedule:
             elif len(history) > p and max(history[-p:]) < max(history[:-p]) + cfg.min_gain / 100:
                 stop = f"no validation gain >= {cfg.min_gain} points over {p} growth steps"
             else:
-                change = self.plan_growth(widths, scores)
+                change = self.plan_growth(widths, scores, step)
                 if change is not None:
                     decision.change = change
                     if self.phase == Phase.SEED:
@@ -187,13 +195,21 @@ class Schedule:
 
     # ---------------------------------------------------------------------------------------- planners
 
-    def plan_growth(self, widths: dict[str, int], scores: dict[str, torch.Tensor]) -> WidthChange | None:
+    def plan_growth(
+        self, widths: dict[str, int], scores: dict[str, torch.Tensor], step: int | None = None
+    ) -> WidthChange | None:
         """Each group below its cap gets ``ceil(rate × width)`` children of its top units, the new width
-        rounded up to ``round_to`` and clipped to the cap."""
+        rounded up to ``round_to`` and clipped to the cap. With ``grow.reach``, the new width is instead the
+        geometric path from the seed to the cap, which reaches the cap at ``reach`` of training."""
         cfg = self.cfg.grow
         groups = {}
         for name, width in widths.items():
-            target = min(self.caps[name], round_up(width + math.ceil(cfg.rate * width), self.round_to))
+            if self.reach_step and step is not None:
+                progress = min(1.0, step / self.reach_step)
+                seed, cap = self.seeds[name], self.caps[name]
+                target = min(cap, round_up(seed * (cap / seed) ** progress, self.round_to))
+            else:
+                target = min(self.caps[name], round_up(width + math.ceil(cfg.rate * width), self.round_to))
             count = target - width
             if count <= 0:
                 continue
@@ -202,37 +218,52 @@ class Schedule:
             else:
                 order = torch.argsort(scores[name].float().cpu(), descending=True, stable=True)
             parents = order.repeat(math.ceil(count / width))[:count]
-            groups[name] = GroupChange.grow(width, None if cfg.init == "random_zero_out" else parents, count)
+            parentless = cfg.init in ("random_zero_out", "orthogonal_zero_out")
+            groups[name] = GroupChange.grow(width, None if parentless else parents, count)
         return WidthChange("grow", groups) if groups else None
 
     def plan_pruning(self, widths: dict[str, int], scores: dict[str, torch.Tensor]) -> WidthChange | None:
-        """Remove ``step_fraction`` of the units with the lowest layer-normalised score ``S / mean(S)``,
-        globally, keeping widths multiples of ``round_to`` and above the floors; stop short of
-        overshooting the params target."""
+        """Remove the units with the lowest rank globally, keeping widths multiples of ``round_to`` and above
+        the floors; stop short of overshooting the params target. ``prune.rank``:
+
+        - ``normalized``: rank by the layer-normalised score ``S / mean(S)``; remove ``step_fraction`` of the
+          units;
+        - ``per_param``: rank by ``S`` per parameter the unit frees (a unit of a wide, deep layer frees more
+          than one of the first layer); remove ``step_fraction`` of the parameters.
+        """
         cfg = self.cfg.prune
         names = list(widths)
+        per_param = cfg.rank == "per_param"
+        params_now = self.params_of(widths)
+        # What removing one unit of each group frees: parameters (per_param) or one unit.
+        unit_cost = {
+            name: (params_now - self.params_of({**widths, name: widths[name] - 1})) if per_param else 1
+            for name in names
+        }
         normalised = []
         for gi, name in enumerate(names):
             s = scores[name].float().cpu()
-            s = s / s.mean().clamp(min=1e-30)
+            s = s / unit_cost[name] if per_param else s / s.mean().clamp(min=1e-30)
             normalised.append(torch.stack([s, torch.full_like(s, gi), torch.arange(len(s), dtype=s.dtype)], 1))
         ranked = torch.cat(normalised)
         ranked = ranked[torch.argsort(ranked[:, 0], stable=True)]
         group_of = ranked[:, 1].long().tolist()
 
-        def removals(n: int) -> dict[str, int]:
+        def removals(budget: int) -> dict[str, int]:
+            """Units to remove per group, lowest rank first, until ``budget`` (units or params) is spent."""
             counts = dict.fromkeys(names, 0)
-            taken = 0
+            spent = 0
             for gi in group_of:
-                if taken == n:
+                if spent >= budget:
                     break
                 name = names[gi]
                 if widths[name] - counts[name] - 1 >= self.floors[name]:
                     counts[name] += 1
-                    taken += 1
+                    spent += unit_cost[name]
             return {k: (v // self.round_to) * self.round_to for k, v in counts.items()}
 
-        budget = math.ceil(cfg.step_fraction * sum(widths.values()))
+        total = params_now if per_param else sum(widths.values())
+        budget = math.ceil(cfg.step_fraction * total)
         counts = removals(budget)
         if not any(counts.values()):
             # Rounding left nothing: take round_to units from the group whose lowest scores are lowest.

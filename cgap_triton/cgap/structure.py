@@ -16,6 +16,7 @@ import torch
 from ..models import GrowableNet, SizeOracle
 from ..telemetry.events import STRUCTURAL_CHANGES, StructuralChange
 from .change import WidthChange
+from .children import twin_fraction
 from .importance import SaliencyTracker
 from .surgery import apply_width_change
 
@@ -63,8 +64,8 @@ class Structure:
         apply_width_change(self.model, change, optimizer=self.optimizer, saliency=saliency, impl=self.impl)
         if self.channels_last:
             self._restore_channels_last()
-        if self.tracker is not None:  # its prepared call holds the old tensors
-            self.tracker.invalidate()
+        if self.tracker is not None:  # the newborn rule; its prepared call held the old tensors
+            self.tracker.after_change(change)
         self.params, self.macs = self.sizes(self.model.widths)
         self.peak_params = max(self.peak_params, self.params)
         self.counts[change.kind] = self.counts.get(change.kind, 0) + 1
@@ -79,6 +80,10 @@ class Structure:
             params_reduction=1 - self.params / self.params_full,
             changes=self.changes,
         )
+
+    def twin_fractions(self) -> dict[str, float]:
+        """Per group, the share of units whose incoming filter is a near-copy of another unit's (cosine > 0.9)."""
+        return {g.name: round(twin_fraction(self.model.get_parameter(g.saliency)), 4) for g in self.model.groups}
 
     def _restore_channels_last(self) -> None:
         """Surgery's outputs are contiguous: give parameters and their optimizer state NHWC back (same objects).

@@ -1,9 +1,12 @@
 """Surgery: apply a WidthChange to a model, its optimizer state and its saliency buffers, in place.
 
-Each group is rewritten by one ``gather_channels_many`` call covering its producers (filters, BN γ/β,
-running statistics), its consumers (the next layer's input columns), the optimizer state of each of
-those parameters and the group's saliency buffer. Parameters keep their identity (``p.data`` is
-replaced), so the optimizer needs no rebuild.
+Each group is planned as one gather (a ``GatherGroup``: one index map) covering its producers (filters, BN γ/β,
+running statistics), its consumers (the next layer's input columns), the optimizer state of each of those
+parameters and the group's saliency buffer; a tensor an earlier group of the change already rewrites (a conv
+weight that is one group's consumer and the next group's producer) is taken as that group's output. The whole
+change then runs as one ``gather_channels_groups`` call (one launch per dtype on GPU, no host-device sync), the
+results are assigned group by group, and last come the growth rules' per-group steps after the gather.
+Parameters keep their identity (``p.data`` is replaced), so the optimizer needs no rebuild.
 
 Callers must drop every tensor that still holds an autograd graph (the last loss) first: such a
 graph keeps the old AccumulateGrad nodes, whose stale shapes fail the next backward.
@@ -16,11 +19,13 @@ import math
 import torch
 from torch import nn
 
-from ..kernels import gather_channels_many
+from ..kernels import GatherGroup, GroupOutput, gather_channels_groups, reference
 from ..models import GrowableNet
 from .change import GroupChange, WidthChange
+from .children import orthogonal_filters
 
-INITS = ("copy_zero_out", "split", "random_zero_out")
+INITS = ("copy_zero_out", "split", "random_zero_out", "orthogonal_zero_out")
+PARENTLESS = ("random_zero_out", "orthogonal_zero_out")  # new units copy no parent
 
 
 @torch.no_grad()
@@ -40,6 +45,8 @@ def apply_width_change(
         weights)``) and BN; its outgoing columns are zero, so the function is unchanged.
       - ``split``: as above, and parent and child share the parent's outgoing columns (× 0.5 each).
       - ``random_zero_out``: new filters are Kaiming-normal, BN γ = 1, β = 0; outgoing columns zero.
+      - ``orthogonal_zero_out``: as ``random_zero_out``, then the new filters are made orthogonal to the
+        existing ones and to each other (``children.orthogonal_filters``).
     A child starts with half its parent's saliency and the parent keeps the other half. New units'
     optimizer state is zero. Pruning maps keep the listed units and carry everything else over.
     ``impl`` picks the gather implementation (see ``cgap_triton.kernels``).
@@ -52,44 +59,113 @@ def apply_width_change(
             raise ValueError(f"change.groups[{name!r}].init: expected one of {INITS}, got {group_change.init!r}")
     for p in model.parameters():
         p.grad = None
+    planner = _Planner(model, optimizer, saliency)
     for name, group_change in change.groups.items():
-        _apply_group(model, groups[name], group_change, change.kind, optimizer, saliency, impl)
+        group = groups[name]
+        if planner.after_gather_reads & {qualname for qualname, _ in group.producers + group.consumers}:
+            # An earlier group's step after the gather touches a tensor this group gathers: run what is
+            # planned first, so that each sees the other as in sequence (not with the groups in model order).
+            _run(planner, change.kind, impl)
+            planner = _Planner(model, optimizer, saliency)
+        _plan_group(planner, group, group_change, change.kind)
+        if _has_after_gather(group_change, change.kind):
+            planner.after_gather_reads.update(qualname for qualname, _ in group.producers)
+    _run(planner, change.kind, impl)
     model.sync_shapes()
 
 
-def _apply_group(model, group, change: GroupChange, kind, optimizer, saliency, impl) -> None:
+def _run(planner: _Planner, kind: str, impl: str) -> None:
+    """The planned groups' gathers in one call, their results assigned, then their steps after the gather."""
+    results = gather_channels_groups(planner.gathers, impl=impl)
+    for targets, outputs in zip(planner.targets, results):
+        _assign_results(planner.model, targets, outputs, planner.optimizer, planner.saliency)
+    for group, group_change in planner.groups:
+        _after_gather(planner.model, group, group_change, kind)
+
+
+class _Planner:
+    """Collects each group's gather as the per-group surgery ran it, the groups taken one after the other: a
+    target (parameter or buffer, optimizer state, saliency) that an earlier group of the change rewrites is read
+    as that group's output (a ``GroupOutput``), and whatever a group reads of its value (shape, std) is the value
+    the earlier groups leave."""
+
+    def __init__(self, model, optimizer, saliency):
+        self.model, self.optimizer, self.saliency = model, optimizer, saliency
+        self.params = dict(model.named_parameters())
+        self.gathers: list[GatherGroup] = []
+        self.targets: list[list[tuple]] = []
+        self.latest: dict[tuple, tuple[int, int]] = {}  # target -> (group, position) of the output holding it
+        self.shapes: dict[tuple[int, int], torch.Size] = {}  # (group, position) -> output shape
+        self.groups: list[tuple] = []  # (group, its change) in order
+        self.after_gather_reads: set[str] = set()  # tensors that planned groups' steps after the gather touch
+
+    def shape(self, target, tensor: torch.Tensor) -> torch.Size:
+        """The shape ``target`` has after the groups planned so far."""
+        earlier = self.latest.get(target)
+        return tensor.shape if earlier is None else self.shapes[earlier]
+
+    def value(self, target, tensor: torch.Tensor) -> torch.Tensor:
+        """The value ``target`` has after the groups planned so far: the earlier gathers of it replayed with the
+        torch twin, on the tensors' device (no host sync; the same values as the Triton kernel, noise aside)."""
+        earlier = self.latest.get(target)
+        return tensor if earlier is None else self._replay(*earlier)
+
+    def _replay(self, g: int, k: int) -> torch.Tensor:
+        gather = self.gathers[g]
+        src = gather.tensors[k]
+        src = self._replay(*src) if isinstance(src, GroupOutput) else src
+        scale, std = gather.scales[k], gather.noise_stds[k]
+        scale = None if scale is None else scale.to(src.device, non_blocking=True)
+        std = std.to(src.device, non_blocking=True) if isinstance(std, torch.Tensor) else std
+        index = gather.index.to(src.device, non_blocking=True)
+        return reference._gather([src], [gather.dims[k]], index, [scale], [std], gather.seed + k)[0]
+
+
+def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
+    model, optimizer, saliency = planner.model, planner.optimizer, planner.saliency
     init, noise, seed = change.init, change.noise, change.seed
-    device = model.get_parameter(group.saliency).device
-    index, new = change.index.to(device), change.new.to(device)
+    # The change's maps stay on the CPU: the batched gather checks them there and moves them in one copy.
+    index, new = change.index.cpu(), change.new.cpu()
     old = new.logical_not().float()
     growing = kind == "grow" and bool(new.any())
     # Units that gained a child this change: the parents of the new slots.
     shared = torch.zeros_like(old)
-    if growing and init != "random_zero_out":
+    if growing and init not in PARENTLESS:
         parents = index[new]
         shared[new] = 0.5
         shared[parents] = 0.5
     half = torch.where(shared > 0, shared, torch.ones_like(shared))
 
     tensors, dims, scales, stds, targets = [], [], [], [], []
+    g = len(planner.gathers)
 
     def add(tensor, dim, target, scale=None, std=0.0):
-        tensors.append(tensor)
+        earlier = planner.latest.get(target)
+        shape = list(planner.shape(target, tensor))
+        tensors.append(tensor if earlier is None else GroupOutput(*earlier))
         dims.append(dim)
         scales.append(scale)
         stds.append(std)
         targets.append(target)
+        planner.latest[target] = (g, len(targets) - 1)
+        shape[dim] = index.numel()
+        planner.shapes[(g, len(targets) - 1)] = torch.Size(shape)
 
-    params = dict(model.named_parameters())
+    params = planner.params
     for qualname, dim in group.producers:
         t = model.tensor(qualname)
         std = 0.0
         if growing and qualname == group.saliency:
-            if init == "random_zero_out":
-                fan_out = t.shape[0] * math.prod(t.shape[2:])
+            shape = planner.shape(("tensor", qualname), t)
+            if init in PARENTLESS:
+                fan_out = shape[0] * math.prod(shape[2:])
                 std = new.float() * math.sqrt(2.0 / max(1, fan_out))
+            elif noise > 0 and math.prod(shape) > 1:
+                # noise × std(filter weights), as a device tensor: the host never waits for the reduction
+                weight_std = planner.value(("tensor", qualname), t).float().std().double() * noise
+                std = new.to(t.device, non_blocking=True).float() * weight_std
             elif noise > 0:
-                std = new.float() * (noise * float(t.float().std()) if t.numel() > 1 else noise)
+                std = new.float() * noise
         add(t, dim, ("tensor", qualname), None, std)
     for qualname, dim in group.consumers:
         scale = None
@@ -107,21 +183,45 @@ def _apply_group(model, group, change: GroupChange, kind, optimizer, saliency, i
     if saliency is not None and group.name in saliency:
         add(saliency[group.name], 0, ("saliency", group.name), half if growing else None)
 
-    if init == "random_zero_out" and growing:
+    if init in PARENTLESS and growing:
         index = torch.where(new, torch.full_like(index, -1), index)
-    results = gather_channels_many(tensors, dims, index, scales=scales, noise_stds=stds, seed=seed, impl=impl)
+    planner.gathers.append(GatherGroup(tensors, dims, index, scales, stds, seed))
+    planner.targets.append(targets)
+    planner.groups.append((group, change))
 
+
+def _assign_results(model, targets, results, optimizer, saliency) -> None:
     for target, result in zip(targets, results):
+        if result is None:  # consumed by a later group of the change, which assigns the final value
+            continue
         if target[0] == "tensor":
             _assign(model, target[1], result)
         elif target[0] == "optim":
             optimizer.state[target[1]][target[2]] = result
         else:
             saliency[target[1]] = result
-    if init == "random_zero_out" and growing:
+
+
+def _has_after_gather(change: GroupChange, kind) -> bool:
+    """Whether ``_after_gather`` does anything for this group: the growth rules with a step there."""
+    return kind == "grow" and change.init in PARENTLESS and bool(change.new.any())
+
+
+def _after_gather(model, group, change: GroupChange, kind) -> None:
+    """A group's growth-rule steps that follow the gather, once the results of the groups gathered with it are
+    assigned. They may touch only the group's producers (``apply_width_change`` orders them by that)."""
+    init, seed = change.init, change.seed
+    growing = kind == "grow" and bool(change.new.any())
+    if not (growing and init in PARENTLESS):  # the rules with a step here (as _has_after_gather says)
+        return
+    new = change.new.to(model.get_parameter(group.saliency).device, non_blocking=True)
+    if init in PARENTLESS and growing:
         for qualname, _ in group.producers:
             if qualname.endswith(("bn.weight", "running_var")):
                 model.tensor(qualname).data[new] = 1.0
+    if init == "orthogonal_zero_out" and growing:
+        weight = model.tensor(group.saliency)
+        weight.data[new] = orthogonal_filters(weight.data[~new], int(new.sum()), seed)
 
 
 def _assign(model: nn.Module, qualname: str, value: torch.Tensor) -> None:

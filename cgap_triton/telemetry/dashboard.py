@@ -54,8 +54,8 @@ PHASE_STYLES = {
 STRUCTURAL = (StructuralChange, PhaseChanged, GrowthStopped, PruningStopped, CompileFallback, SkippedStep)
 EVENT_STYLES = {"grow": "green3", "prune": "red3", "phase": "bold", "compile_fallback": "bold red"}
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
-GROUP_COLUMN_WIDTH = 54
-SIDE_WIDTH = 50  # the size and training panels  # one column of group rows: name, bar, widths, change, saliency spread
+GROUP_COLUMN_WIDTH = 54  # one column of group rows: name, bar, widths, change, saliency spread (+ twins alone)
+SIDE_WIDTH = 50  # the size and training panels
 
 
 def sparkline(values: list[float], width: int = 24) -> str:
@@ -94,6 +94,13 @@ def _duration(seconds: float | None) -> str:
     seconds = int(max(0, seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _twins(fraction: float | None) -> Text:
+    """The share of the group's units with a near-copy (cosine > 0.9): red when it is most of them."""
+    if fraction is None:
+        return Text("")
+    return Text(f"{fraction:.0%}", style="red3" if fraction >= 0.5 else "grey70")
 
 
 def _spread(values: list[float] | None) -> str:
@@ -135,6 +142,7 @@ class View:
     widths_peak: dict[str, int] = field(default_factory=dict)
     last_change: dict[str, list[int]] = field(default_factory=dict)
     saliency_spread: dict[str, list[float]] = field(default_factory=dict)
+    twin_fraction: dict[str, float] = field(default_factory=dict)
     params: int = 0
     params_full: int = 0
     peak_params: int = 0
@@ -205,6 +213,7 @@ class Dashboard:
             v.params, v.macs, v.peak_params = m["params"], m["macs"], m.get("peak_params", v.peak_params)
             self._set_widths(m["widths"])
             v.saliency_spread = m.get("saliency_spread") or v.saliency_spread
+            v.twin_fraction = m.get("twin_fraction") or v.twin_fraction
             for key in self.SERIES:
                 if m.get(key) is not None:
                     v.latest[key] = m[key]
@@ -420,12 +429,12 @@ class Dashboard:
         if rows + 1 > budget:
             rows = max(1, budget - 1)
             shown = min(len(names), rows * columns)
-        cells = max(10, min(40, width - 56)) if columns == 1 else 10
+        cells = max(10, min(40, width - 62)) if columns == 1 else 10
         tables = []
         for c in range(columns):
             chunk = names[c * rows : min(shown, (c + 1) * rows)]
             if chunk:
-                tables.append(self._group_table(v, chunk, cells))
+                tables.append(self._group_table(v, chunk, cells, twins=columns == 1))
         grid = Table.grid(padding=(0, 3))
         for _ in tables:
             grid.add_column()
@@ -439,13 +448,16 @@ class Dashboard:
             body = Group(grid, Text(more.plain, style="grey62"))
         return Panel(body, title=title, title_align="left", subtitle=saliency, subtitle_align="right")
 
-    def _group_table(self, v: View, names: list[str], cells: int) -> Table:
+    def _group_table(self, v: View, names: list[str], cells: int, twins: bool = True) -> Table:
+        """One row per group; the twins column (share of near-copied units) when the groups fit one column."""
         table = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False, header_style="grey62")
         table.add_column("group", no_wrap=True, style="bold", width=max(5, *(len(n) for n in names)))
         table.add_column("width", no_wrap=True, width=cells)
         table.add_column("now/full", justify="right", no_wrap=True, width=8)
         table.add_column("Δ", justify="right", no_wrap=True, width=4)
         table.add_column(" p10  p50  p90", no_wrap=True, style="grey70", width=14)
+        if twins:
+            table.add_column("twins", justify="right", no_wrap=True, width=5)
         for name in names:
             now, full = v.widths.get(name, 0), v.widths_full.get(name, 0)
             seed = v.widths_seed.get(name, now)
@@ -460,6 +472,7 @@ class Dashboard:
                 f"{now}/{full}",
                 delta,
                 _spread(v.saliency_spread.get(name)),
+                *([_twins(v.twin_fraction.get(name))] if twins else []),
             )
         return table
 
