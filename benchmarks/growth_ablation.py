@@ -26,7 +26,8 @@ RECIPE = "recipes/shapes_vgg.toml"
 ORTHOGONAL = ["cgap.grow.init=orthogonal_zero_out"]
 CONSUMER = [*ORTHOGONAL, "cgap.importance.criterion=consumer_taylor"]
 PER_PARAM = [*CONSUMER, "cgap.prune.rank=per_param"]
-EARLY = [*PER_PARAM, "cgap.grow.every=0.25", "cgap.grow.reach=0.2", "cgap.grow.until=0.25", "cgap.stabilize=0.35"]
+EARLY_ONLY = ["cgap.grow.every=0.25", "cgap.grow.reach=0.2", "cgap.grow.until=0.25", "cgap.stabilize=0.35"]
+EARLY = [*PER_PARAM, *EARLY_ONLY]
 VARIANTS: list[tuple[str, str, list[str]]] = [
     ("baseline", "the recipe as it is (copy_zero_out children, taylor saliency, units budget)", []),
     (
@@ -54,6 +55,21 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "random_early",
+        "random children, full width by 20 % of training, pruning from 60 % (taylor, units)",
+        ["cgap.grow.init=random_zero_out", *EARLY_ONLY],
+    ),
+    (
+        "orthogonal_early",
+        "orthogonal children, full width by 20 %, pruning from 60 % (taylor, units)",
+        [*ORTHOGONAL, *EARLY_ONLY],
+    ),
+    (
+        "random_early_prune50",
+        "random children, full width by 20 %, pruning from 50 % as prune-only does",
+        ["cgap.grow.init=random_zero_out", *EARLY_ONLY[:3], "cgap.stabilize=0.25"],
+    ),
+    (
         "copy_random_parents",
         "premise: copy children of random parents (early_full otherwise)",
         [*EARLY, "cgap.grow.init=copy_zero_out", "cgap.grow.selection=random"],
@@ -67,7 +83,9 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
 FIELDS = ("test_accuracy", "params", "params_reduction", "train_macs_ratio", "peak_params", "widths", "wall_seconds")
 
 
-def run_one(name: str, overrides: list[str], seed: int, target: float, out: Path, extra: list[str]) -> dict:
+def run_one(
+    name: str, overrides: list[str], seed: int, target: float, out: Path, extra: list[str], recipe: str = RECIPE
+) -> dict:
     run_dir = out / f"{name}-s{seed}"
     summary = run_dir / "summary.json"
     if not summary.is_file():
@@ -75,7 +93,7 @@ def run_one(name: str, overrides: list[str], seed: int, target: float, out: Path
         if (run_dir / "checkpoint.pt").is_file():  # an interrupted run continues
             args += ["--resume", str(run_dir), "--no-dashboard"]
         else:
-            args += [RECIPE, *overrides, *extra, f"run.seed={seed}", f"cgap.prune.target_reduction={target}"]
+            args += [recipe, *overrides, *extra, f"run.seed={seed}", f"cgap.prune.target_reduction={target}"]
             args += ["--no-dashboard", "--out", str(run_dir)]
         done = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True)
         if done.returncode != 0:
@@ -84,9 +102,9 @@ def run_one(name: str, overrides: list[str], seed: int, target: float, out: Path
     return {"name": name, "seed": seed, **{k: data[k] for k in FIELDS}}
 
 
-def table(runs: list[dict], target: float) -> str:
+def table(runs: list[dict], target: float, recipe: str = RECIPE) -> str:
     lines = [
-        f"Growth-rule ablation on shapes (recipes/shapes_vgg.toml), params-reduction target {target}; "
+        f"Growth-rule ablation on shapes ({recipe}), params-reduction target {target}; "
         "mean ± std over the seeds listed.",
         "",
         "| variant | adds | seeds | test accuracy | params reduction | train MACs / dense |",
@@ -113,24 +131,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.7)
     parser.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     parser.add_argument("--out", default="runs/growth-ablation")
+    parser.add_argument("--recipe", default=RECIPE, help=f"the CGaP recipe the variants change (default {RECIPE})")
     parser.add_argument("overrides", nargs="*", help="key=value for every run (e.g. train.device=cuda)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    wanted = [v for v in VARIANTS if not args.only or v[0] in args.only.split(",")]
+    by_name = {v[0]: v for v in VARIANTS}
+    unknown = [n for n in args.only.split(",") if n and n not in by_name]
+    if unknown:
+        parser.error(f"--only: unknown variants {', '.join(unknown)}; known: {', '.join(by_name)}")
+    wanted = [by_name[n] for n in args.only.split(",")] if args.only else VARIANTS  # in the order asked
     seeds = [int(s) for s in args.seeds.split(",")]
     path = out / "ablation.json"
     runs = json.loads(path.read_text())["runs"] if path.is_file() else []
     for name, _, overrides in wanted:
         for seed in seeds:
             runs = [r for r in runs if not (r["name"] == name and r["seed"] == seed)]
-            runs.append(run_one(name, overrides, seed, args.target, out, args.overrides))
+            runs.append(run_one(name, overrides, seed, args.target, out, args.overrides, args.recipe))
             r = runs[-1]
             shown = f"{r['test_accuracy']:.2%} at {r['params_reduction']:.1%}" if "test_accuracy" in r else r["error"]
             print(f"{name} seed {seed}: {shown}", flush=True)
-            path.write_text(json.dumps({"target": args.target, "recipe": RECIPE, "runs": runs}, indent=2) + "\n")
-            (out / "ablation.md").write_text(table(runs, args.target))
-    print(table(runs, args.target))
+            path.write_text(json.dumps({"target": args.target, "recipe": args.recipe, "runs": runs}, indent=2) + "\n")
+            (out / "ablation.md").write_text(table(runs, args.target, args.recipe))
+    print(table(runs, args.target, args.recipe))
     return 0
 
 
