@@ -11,10 +11,14 @@ The copy baseline copies a buffer of half that many bytes (it reads and writes i
 
 Workloads: ``channel_stats`` over the trainer's call — the producing conv weight of every channel group and
 its gradient, with the fused EMA — of VGG-19 and ResNet-110 at full width (CIFAR-100 heads), fp32 and bf16.
-``gather_channels_many`` over a whole structural change of VGG-19 as surgery applies it (one call per group:
-conv weight, BN γ/β/running statistics, the consumer's input columns, their SGD momentum and the saliency
-buffer), captured from a real ``apply_width_change``: a growth step from the seed (rate 0.25, copies of the
-most salient units plus noise) and a pruning step at full width (15 % of the units).
+``gather_channels_many`` over a whole structural change of VGG-19 group by group (conv weight, BN γ/β/running
+statistics, the consumer's input columns, their SGD momentum and the saliency buffer; a conv weight that one
+group's consumer columns and the next group's rows both rewrite goes through two calls, as surgery did before the
+batched form), and beside it the batched ``gather_channels_groups`` that surgery runs now (the same change in one
+launch, each such conv weight gathered once along both dims, the intermediate never stored; its row keeps the
+per-group byte count, so its GB/s is effective). The groups are captured from a real ``apply_width_change``: a
+growth step from the seed (rate 0.25, copies of the most salient units plus noise) and a pruning step at full
+width (15 % of the units).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from cgap_triton.kernels import channel_stats, gather_channels_many
+from cgap_triton.kernels import GroupOutput, channel_stats, gather_channels_groups, gather_channels_many
 
 import cgap_triton.cgap.surgery as surgery
 from cgap_triton.models import VGG_CFGS, ModelSpec, build_model
@@ -117,30 +121,52 @@ def bench_channel_stats(device: torch.device) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- gather
 
 
-def capture_change(workload: Workload, kind: str, device: torch.device) -> list[dict[str, Any]]:
-    """The ``gather_channels_many`` calls (one per group) of a real growth or pruning step, with what a user
-    needs to write the same change by hand: the old width and, for growth, the parents of the new units."""
+def capture_groups(workload: Workload, kind: str, device: torch.device) -> tuple[list, Any]:
+    """The ``gather_channels_groups`` call of a real growth or pruning step (its groups), and the change."""
     widths, plan = change_cost_plan(workload, kind)
     trainer = Trainer(workload, widths, device)
     trainer.step()  # SGD momentum and saliency exist, as in training
     change = plan(trainer.model.widths, trainer.tracker.scores())
-    calls = []
-    original = surgery.gather_channels_many
+    captured = []
+    original = surgery.gather_channels_groups
 
-    def recording(tensors, dims, index, *, scales, noise_stds, seed, impl="auto"):
+    def recording(groups, *, impl="auto"):
         # detach(): surgery reassigns each Parameter's .data in place, which would reshape a kept reference
-        calls.append({"tensors": [t.detach() for t in tensors], "dims": list(dims), "index": index})
-        calls[-1]["scales"] = list(scales)
-        calls[-1].update(noise_stds=list(noise_stds), seed=seed)
-        return original(tensors, dims, index, scales=scales, noise_stds=noise_stds, seed=seed, impl=impl)
+        detached = [[t.detach() if isinstance(t, torch.Tensor) else t for t in g.tensors] for g in groups]
+        captured.extend(g._replace(tensors=tensors) for g, tensors in zip(groups, detached))
+        return original(groups, impl=impl)
 
-    surgery.gather_channels_many = recording
+    surgery.gather_channels_groups = recording
     try:
         surgery.apply_width_change(
             trainer.model, with_noise(change, 0.01), optimizer=trainer.optimizer, saliency=trainer.tracker.buffers
         )
     finally:
-        surgery.gather_channels_many = original
+        surgery.gather_channels_groups = original
+    return captured, change
+
+
+def capture_change(workload: Workload, kind: str, device: torch.device) -> list[dict[str, Any]]:
+    """The change of :func:`capture_groups` as ``gather_channels_many`` calls (one per group; an output a later
+    group reads again is computed first and passed on, as surgery did group by group), with what a user needs to
+    write the same change by hand: the old width and, for growth, the parents of the new units. The groups
+    themselves are kept in ``calls[0]["groups"]``."""
+    groups, change = capture_groups(workload, kind, device)
+    calls, outputs = [], []
+
+    def on_device(value):
+        return value.to(device) if isinstance(value, torch.Tensor) else value
+
+    for group in groups:
+        tensors = [outputs[t.group][t.position] if isinstance(t, GroupOutput) else t for t in group.tensors]
+        index, scales, stds = on_device(group.index), [on_device(s) for s in group.scales], group.noise_stds
+        stds = [on_device(s) for s in stds]
+        calls.append({"tensors": tensors, "dims": list(group.dims), "index": index, "scales": scales})
+        calls[-1].update(noise_stds=stds, seed=group.seed)
+        outputs.append(
+            gather_channels_many(tensors, group.dims, index, scales=scales, noise_stds=stds, seed=group.seed)
+        )
+    calls[0]["groups"] = groups
     for call, group_change in zip(calls, change.groups.values()):
         new = group_change.new.to(device)
         call["old_width"] = int((~new).sum())
@@ -186,6 +212,12 @@ def ours_change(calls: list[dict[str, Any]]) -> list[torch.Tensor]:
     return outs
 
 
+def ours_batched(calls: list[dict[str, Any]]) -> list[torch.Tensor | None]:
+    """The same change as surgery runs it: one ``gather_channels_groups`` call; None for the outputs a later
+    group reads again (never stored)."""
+    return [out for outs in gather_channels_groups(calls[0]["groups"]) for out in outs]
+
+
 def gather_bytes(calls: list[dict[str, Any]]) -> int:
     total = 0
     for c in calls:
@@ -201,14 +233,17 @@ def bench_gather(workload: Workload, device: torch.device) -> list[dict[str, Any
     compiled = torch.compile(torch_change)
     for kind in ("grow", "prune"):
         calls = capture_change(workload, kind, device)
-        ours, theirs = ours_change(calls), torch_change(calls)
+        ours, theirs, batched = ours_change(calls), torch_change(calls), ours_batched(calls)
         flat_stds = [s for c in calls for s in c["noise_stds"]]
-        for i, (a, b, std) in enumerate(zip(ours, theirs, flat_stds)):
+        for i, (a, b, c, std) in enumerate(zip(ours, theirs, batched, flat_stds, strict=True)):
             noisy = isinstance(std, torch.Tensor) or std > 0
             if a.shape != b.shape or (not noisy and not torch.equal(a, b)):
                 raise RuntimeError(f"gather {kind}: output {i} disagrees with index_select + cat; not timing it")
+            if c is not None and not torch.equal(a, c):  # the same kernel, the same noise
+                raise RuntimeError(f"gather {kind}: batched output {i} disagrees with the per-group call")
         impls = {
             "triton": partial(ours_change, calls),
+            "triton batched": partial(ours_batched, calls),
             "torch (a)": partial(torch_change, calls),
             "torch.compile (b)": partial(compiled, calls),
         }

@@ -1,23 +1,37 @@
-"""Channel gather in Triton: one launch rebuilds every (tensor, dim) pair of a channel group.
+"""Channel gather in Triton: one launch rebuilds every (tensor, dim) pair of a whole structural change.
 
-Output k, slice j along ``dims[k]`` (the spec is :func:`cgap_triton.kernels.reference.gather_channels_many`)::
+Group g (one index map), output k, slice j along ``dims[k]`` (the spec is
+:func:`cgap_triton.kernels.reference.gather_channels_groups`)::
 
-    out[k][j] = (index[j] >= 0 ? tensors[k][index[j]] · scales[k][j] : 0) + noise_stds[k][j] · N(0, 1)
+    out[g][k][j] = (index_g[j] >= 0 ? input[g][k][index_g[j]] · scales_g[k][j] : 0) + noise_stds_g[k][j] · N(0, 1)
 
-in float32, stored in the dtype of ``tensors[k]``.
+in float32, stored in the dtype of the input. ``gather_channels_many`` is the one-group case.
 
 Work decomposition. The host describes each pair as ``[outer, channel, inner]`` over the source's own strides
 (the source is never copied): adjacent non-channel dims merge where their strides allow; the inner side keeps
 as many levels as it needs (``INNER_DIMS``, two for a channels_last conv weight along dim 0); an outer side
 that still has several levels is enumerated into several *segments*, each a contiguous block of the output.
 One int64 descriptor row per segment holds the source and output addresses (cast in the kernel with
-``.to(tl.pointer_type(...))``, as in Triton's grouped-GEMM tutorial), sizes, strides, the scale/std
-addresses and the first program id of the segment (a prefix sum of its blocks of ``BLOCK`` output elements).
-Program ``pid`` finds its segment by counting the prefix sums ``<= pid``, then writes ``BLOCK`` consecutive
-output elements: stores are contiguous, loads follow the source strides; the position math costs two int32
-divisions per element (one more per extra inner level). Pairs of different dtypes are launched once per dtype
-(the dtype is a ``tl.constexpr``); every pair of one dtype shares one launch, unless enumerated outer levels
-make more than ``MAX_SEGMENTS`` segments (sources whose outer dims cannot merge), which take several.
+``.to(tl.pointer_type(...))``, as in Triton's grouped-GEMM tutorial), sizes, strides, the address and length of
+its group's index map, its group's seed, the scale/std addresses and the first program id of the segment (a
+prefix sum of its blocks of ``BLOCK`` output elements). Program ``pid`` finds its segment by counting the prefix
+sums ``<= pid``, then writes ``BLOCK`` consecutive output elements: stores are contiguous, loads follow the
+source strides; the position math costs two int32 divisions per element (one more per extra inner level).
+Pairs of different dtypes are launched once per dtype (the dtype is a ``tl.constexpr``); every pair of one dtype
+shares one launch, whatever its group, unless there are more than ``MAX_SEGMENTS`` segments, which take several.
+
+Chains. When a later group gathers an earlier group's output again along another dim (a conv weight whose input
+columns one group rewrites and whose output rows the next does), one *chained* row does both: the outer counter
+goes through the other group's index map too, the first gather's scale is applied and the value rounded to the
+dtype as the first output would be stored, then the second's scale and noise; the intermediate is never stored.
+Where one row cannot (noise in the first gather, the same dim twice, a size > 1 dim between the two, three
+gathers in a row), the intermediate is stored by one launch and read by the next (a *wave*).
+
+Host side. The table is built from metadata only (addresses, shapes, strides: nothing is read from the device),
+as one int64 array for all launches; addresses of index maps and vectors given on the CPU are written as markers
+and resolved by torch ops once the device buffer exists; table, CPU index maps and CPU vectors then go to the
+device in one non-blocking copy. An index the host did not check (given on the device) that lies outside
+``[-1, size)`` reads as -1: the kernel never reads out of bounds.
 
 Memory floor. Each output element is written once and each needed source element is read once (an index
 that repeats a channel reads it again, from L2), so the floor is bytes(read) + bytes(written). Example, a
@@ -26,16 +40,18 @@ VGG-19 group inside the 512-wide block (fp32, SGD momentum) growing from 256 to 
 [512, 256, 3, 3] → [512, 384, 3, 3] columns (dim 1), their two momentum buffers, BN γ, β, running mean and
 variance and the momentum of γ and β (6 vectors of 256 → 384). Read 4 · (4 · 1,179,648 + 6 · 256) =
 18,880,512 B; written 4 · (4 · 1,769,472 + 6 · 384) = 28,320,768 B; floor 47.2 MB, about 14 µs at the
-3.35 TB/s of an H100 SXM. The index, scales, stds and descriptor add a few kB.
+3.35 TB/s of an H100 SXM. The index, scales, stds and descriptor add a few kB. A chained row saves the
+intermediate's write and read.
 
-Noise. ``tl.randn(seed, offset)`` with ``offset`` the element's position in the concatenation of all outputs
-of the call (``Σ_{k' < k} numel(out[k']) + flat position in out[k]``), unique across the batch, so the noise
-is deterministic in (seed, the pairs' shapes and order). The torch twin draws tensor k from a
-``torch.Generator`` seeded with ``seed + k``: the two paths agree in distribution, not in value.
+Noise. ``tl.randn(seed_g, offset)`` with ``offset`` the element's position in the concatenation of its group's
+outputs (``Σ_{k' < k} numel(out[g][k']) + flat position in out[g][k]``), unique within the group, so the noise is
+deterministic in (seed, the pairs' shapes and order) and the same as a one-group call's. The torch twin draws
+tensor k from a ``torch.Generator`` seeded with ``seed + k``: the two paths agree in distribution, not in value.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import itertools
 import math
@@ -45,45 +61,78 @@ import torch
 import triton
 import triton.language as tl
 
+from ._groups import CheckedGroup, CheckedGroups, Entry, HostLayout, collect_host_data, host_layout, send
+
 MIN_BLOCK, MAX_BLOCK = 128, 1024  # output elements per program; the floor keeps compiled variants few
 MIN_SEGMENTS_BLOCK = 16  # likewise for the segment search
 INT32_MAX = 2**31 - 1  # position math runs in int32 while every position of a launch, padding included, fits
 MAX_SEGMENTS = 1024  # descriptor rows searched by one launch; more are split over several launches
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
-# Descriptor columns (int64). Addresses are raw data pointers; 0 means "none" for scale and std.
-_SRC = tl.constexpr(0)  # address of the segment's first source element (channel 0)
-_DST = tl.constexpr(1)  # address of the segment's first output element
-_FIRST_BLOCK = tl.constexpr(2)  # first program id of the segment (prefix sum of blocks)
-_NUMEL = tl.constexpr(3)  # output elements of the segment: outer · len(index) · inner
-_NOISE_OFFSET = tl.constexpr(4)  # noise offset of the segment's first output element
-_SCALE = tl.constexpr(5)  # address of a float32 [len(index)] scale, or 0
-_STD = tl.constexpr(6)  # address of a float32 [len(index)] std, or 0
-_STD_VALUE = tl.constexpr(7)  # float32 bits of the std (1.0 when _STD is given); 0 = no noise
-_OUTER_STRIDE = tl.constexpr(8)  # source stride of the outer counter
-_CHANNEL_STRIDE = tl.constexpr(9)  # source stride of the channel dim
-_INNER_NUMEL = tl.constexpr(10)  # product of the inner sizes
-_INNER = tl.constexpr(11)  # then (size, source stride) per inner level, innermost first
+# Descriptor columns (int64). Addresses are raw data pointers; 0 means "none" for scales, std and the outer map.
+SRC = 0  # address of the segment's first source element (channel 0)
+DST = 1  # address of the segment's first output element
+FIRST_BLOCK = 2  # first program id of the segment (prefix sum of blocks)
+NUMEL = 3  # output elements of the segment: outer · length · inner
+NOISE_OFFSET = 4  # noise offset of the segment's first output element
+SEED = 5  # noise seed of the segment's group
+INDEX = 6  # address of the int64 index map along the channel dim
+LENGTH = 7  # its length: the output's size along the channel dim
+SIZE = 8  # the source's size along the channel dim (an index outside [0, size) reads as -1)
+SCALE = 9  # address of a float32 [length] scale along the channel dim, or 0
+STD = 10  # address of a float32 std, one per slice of the final gather's dim, or 0
+STD_VALUE = 11  # float32 bits of the std (1.0 when STD is given); 0 = no noise
+OUTER_STRIDE = 12  # source stride of the outer counter
+CHANNEL_STRIDE = 13  # source stride of the channel dim
+OUTER_INDEX = 14  # chained rows: address of the outer dim's int64 index map; 0 otherwise
+OUTER_SIZE = 15  # chained rows: the source's size along the outer dim
+OUTER_SCALE = 16  # chained rows: address of a float32 scale along the outer dim, or 0
+OUTER_FIRST = 17  # 1: the outer dim's gather comes first, the channel's is final; 0: the reverse
+INNER_NUMEL = 18  # product of the inner sizes
+INNER = 19  # then (size, source stride) per inner level, innermost first
+ADDRESS_COLUMNS = (INDEX, SCALE, STD, OUTER_INDEX, OUTER_SCALE)  # may hold a staged address (a marker at first)
+# The same, for the kernel (a jitted function reads only constexpr globals).
+_SRC, _DST, _FIRST_BLOCK, _NUMEL = tl.constexpr(SRC), tl.constexpr(DST), tl.constexpr(FIRST_BLOCK), tl.constexpr(NUMEL)
+_NOISE_OFFSET, _SEED, _INDEX = tl.constexpr(NOISE_OFFSET), tl.constexpr(SEED), tl.constexpr(INDEX)
+_LENGTH, _SIZE, _SCALE, _STD = tl.constexpr(LENGTH), tl.constexpr(SIZE), tl.constexpr(SCALE), tl.constexpr(STD)
+_STD_VALUE, _OUTER_STRIDE = tl.constexpr(STD_VALUE), tl.constexpr(OUTER_STRIDE)
+_CHANNEL_STRIDE, _OUTER_INDEX = tl.constexpr(CHANNEL_STRIDE), tl.constexpr(OUTER_INDEX)
+_OUTER_SIZE, _OUTER_SCALE = tl.constexpr(OUTER_SIZE), tl.constexpr(OUTER_SCALE)
+_OUTER_FIRST, _INNER_NUMEL, _INNER = tl.constexpr(OUTER_FIRST), tl.constexpr(INNER_NUMEL), tl.constexpr(INNER)
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
+def _round(x, DTYPE: tl.constexpr):
+    """float32 -> DTYPE, rounding to nearest even."""
+    if DTYPE == tl.bfloat16:
+        # By hand (what cvt.rn does on GPU): the interpreter's fp32 -> bf16 cast truncates.
+        bits = x.to(tl.uint32, bitcast=True)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        y = tl.where(x == x, rounded, x.to(DTYPE))
+    else:
+        y = x.to(DTYPE)
+    return y
+
+
+@triton.jit
 def _gather_channels_kernel(
-    desc_ptr,  # [n_segments, 11 + 2 * INNER_DIMS] int64: outputs, sources and their geometry (columns above)
-    index_ptr,  # [length] int64: source channel of output slice j, -1 for a zero slice
+    desc_ptr,  # [n_segments, 19 + 2 * INNER_DIMS] int64: outputs, sources, index maps and geometry (columns above)
     n_segments,
-    length,
-    seed,
     DTYPE: tl.constexpr,
     INNER_DIMS: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     HAS_NOISE: tl.constexpr,
+    CHAINED: tl.constexpr,
     INDEX_DTYPE: tl.constexpr,
     SEGMENTS_BLOCK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """out[o, j, i] = (index[j] >= 0 ? src[o, index[j], i] · scale[j] : 0) + std[j] · randn(seed, noise_offset)
 
-    over BLOCK consecutive output elements of one segment, in float32, stored as DTYPE.
+    over BLOCK consecutive output elements of one segment, in float32, stored as DTYPE. A chained segment (two
+    gathers of one source, along the outer and the channel dim, as two groups would do one after the other)
+    gathers the outer counter through its own map too, applies the first gather's scale, rounds to DTYPE as the
+    first output would be stored, then applies the second's scale and noise (std per slice of the second's dim).
     """
     fields: tl.constexpr = _INNER + 2 * INNER_DIMS
     pid = tl.program_id(0)
@@ -96,10 +145,12 @@ def _gather_channels_kernel(
     flat = ((pid - tl.load(row + _FIRST_BLOCK)) * BLOCK).to(INDEX_DTYPE) + tl.arange(0, BLOCK)
     mask = flat < tl.load(row + _NUMEL)
     inner_numel = tl.load(row + _INNER_NUMEL).to(INDEX_DTYPE)
+    length = tl.load(row + _LENGTH).to(INDEX_DTYPE)
     slices = flat // inner_numel  # (outer, j) counter
     inner = flat - slices * inner_numel
     j = slices % length
-    offset = (slices // length) * tl.load(row + _OUTER_STRIDE)
+    o = slices // length
+    offset = tl.zeros([BLOCK], dtype=tl.int64)
     for level in tl.static_range(INNER_DIMS):
         stride = tl.load(row + _INNER + 2 * level + 1)
         if level < INNER_DIMS - 1:
@@ -108,32 +159,56 @@ def _gather_channels_kernel(
             inner = inner // size
         else:
             offset += inner * stride
-    channel = tl.load(index_ptr + j, mask=mask, other=-1)
-    live = mask & (channel >= 0)
+    index = tl.load(row + _INDEX).to(tl.pointer_type(tl.int64))
+    channel = tl.load(index + j, mask=mask, other=-1)
+    live = mask & (channel >= 0) & (channel < tl.load(row + _SIZE))
     offset += channel * tl.load(row + _CHANNEL_STRIDE)
     src = tl.load(row + _SRC).to(tl.pointer_type(DTYPE))
-    x = tl.load(src + offset, mask=live, other=0.0).to(tl.float32)
-    if HAS_SCALE:
+    if CHAINED:
+        outer = o.to(tl.int64)
+        outer_live = mask
+        outer_index = tl.load(row + _OUTER_INDEX)
+        if outer_index != 0:
+            outer = tl.load(outer_index.to(tl.pointer_type(tl.int64)) + o, mask=mask, other=-1)
+            outer_live = mask & (outer >= 0) & (outer < tl.load(row + _OUTER_SIZE))
+        offset += outer * tl.load(row + _OUTER_STRIDE)
+        x = tl.load(src + offset, mask=live & outer_live, other=0.0).to(tl.float32)
+        channel_scale = tl.full([BLOCK], 1.0, tl.float32)
         scale_address = tl.load(row + _SCALE)
         if scale_address != 0:
-            x = x * tl.load(scale_address.to(tl.pointer_type(tl.float32)) + j, mask=live, other=0.0)
+            channel_scale = tl.load(scale_address.to(tl.pointer_type(tl.float32)) + j, mask=live, other=0.0)
+        outer_scale = tl.full([BLOCK], 1.0, tl.float32)
+        outer_scale_address = tl.load(row + _OUTER_SCALE)
+        if outer_scale_address != 0:
+            outer_scale = tl.load(outer_scale_address.to(tl.pointer_type(tl.float32)) + o, mask=outer_live, other=0.0)
+        outer_first = tl.load(row + _OUTER_FIRST) != 0
+        first_live, second_live = tl.where(outer_first, outer_live, live), tl.where(outer_first, live, outer_live)
+        first_scale = tl.where(outer_first, outer_scale, channel_scale)
+        second_scale = tl.where(outer_first, channel_scale, outer_scale)
+        # Each gather as the torch twin does it: a dead slice is exactly +0.0, whatever the scale.
+        x = tl.where(first_live, x * first_scale, 0.0)
+        if DTYPE != tl.float32:
+            x = _round(x, DTYPE).to(tl.float32)  # the first gather's output as stored
+        x = tl.where(second_live, x * second_scale, 0.0)
+        final = tl.where(outer_first, j, o)  # the second gather's slice: where its std is read
+    else:
+        offset += o * tl.load(row + _OUTER_STRIDE)
+        x = tl.load(src + offset, mask=live, other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            scale_address = tl.load(row + _SCALE)
+            if scale_address != 0:
+                x = x * tl.load(scale_address.to(tl.pointer_type(tl.float32)) + j, mask=live, other=0.0)
+        final = j
     if HAS_NOISE:
         std_value = tl.load(row + _STD_VALUE).to(tl.int32).to(tl.float32, bitcast=True)
         std_address = tl.load(row + _STD)
         if std_value != 0:
             std = tl.zeros([BLOCK], dtype=tl.float32) + std_value
             if std_address != 0:
-                std = std * tl.load(std_address.to(tl.pointer_type(tl.float32)) + j, mask=mask, other=0.0)
-            x = x + tl.randn(seed, tl.load(row + _NOISE_OFFSET) + flat) * std
-    if DTYPE == tl.bfloat16:
-        # Round to nearest even by hand (what cvt.rn does on GPU): the interpreter's fp32 -> bf16 cast truncates.
-        bits = x.to(tl.uint32, bitcast=True)
-        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        y = tl.where(x == x, rounded, x.to(DTYPE))
-    else:
-        y = x.to(DTYPE)
+                std = std * tl.load(std_address.to(tl.pointer_type(tl.float32)) + final, mask=mask, other=0.0)
+            x = x + tl.randn(tl.load(row + _SEED), tl.load(row + _NOISE_OFFSET) + flat) * std
     dst = tl.load(row + _DST).to(tl.pointer_type(DTYPE))
-    tl.store(dst + flat, y, mask=mask)
+    tl.store(dst + flat, _round(x, DTYPE), mask=mask)
 
 
 def _merge(levels: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -152,74 +227,219 @@ def _float_bits(value: float) -> int:
     return struct.unpack("<i", struct.pack("<f", value))[0]
 
 
-def _pair_rows(src: torch.Tensor, dim: int, out: torch.Tensor, noise_offset: int, scale_and_std: list[int]):
-    """Descriptor rows of one pair (first-block column left at 0) and its number of inner levels.
+_ONE_BITS = _float_bits(1.0)
+_UNCHAINED = (0, 0, 0, 1)  # OUTER_INDEX..OUTER_FIRST: no outer map; the (identity) outer gather counts as first
 
-    Size-1 dims are dropped and adjacent dims merged where the strides allow; outer levels left beyond the
-    innermost one are enumerated, one segment (a contiguous block of ``out``) per combination of them.
+
+def _levels(shape, strides, dims) -> list[tuple[int, int]]:
+    """The merged (size, stride) levels of ``dims`` (outermost first), size-1 dims dropped."""
+    return _merge([(shape[d], strides[d]) for d in dims if shape[d] != 1])
+
+
+def _single_rows(src: torch.Tensor, dim: int, dst: int, head: list) -> list[list]:
+    """Descriptor rows gathering ``src`` along ``dim`` into a contiguous output at ``dst``; ``head`` holds the
+    columns NOISE_OFFSET to STD_VALUE (LENGTH among them).
+
+    Adjacent non-channel dims merge where the strides allow; outer levels left beyond the innermost one are
+    enumerated, one segment (a contiguous block of the output) per combination of them.
     """
-    shape, strides, length = src.shape, src.stride(), out.shape[dim]
-    outer = _merge([(s, st) for s, st in zip(shape[:dim], strides[:dim]) if s != 1]) or [(1, 0)]
-    inner = _merge([(s, st) for s, st in zip(shape[dim + 1 :], strides[dim + 1 :]) if s != 1]) or [(1, 0)]
+    shape, strides, length = src.shape, src.stride(), head[LENGTH - NOISE_OFFSET]
+    if src.is_contiguous():  # the usual case, without the general merge
+        inner_numel = math.prod(shape[dim + 1 :])
+        numel = math.prod(shape[:dim]) * length * inner_numel
+        if not numel:
+            return []
+        return [
+            [src.data_ptr(), dst, 0, numel, *head, shape[dim] * inner_numel, inner_numel, *_UNCHAINED]
+            + [inner_numel, inner_numel, 1]
+        ]
+    outer = _levels(shape, strides, range(dim)) or [(1, 0)]
+    inner = _levels(shape, strides, range(dim + 1, len(shape))) or [(1, 0)]
     inner_numel = math.prod(s for s, _ in inner)
     numel = outer[-1][0] * length * inner_numel
-    levels = [value for level in reversed(inner) for value in level]
+    if not numel:
+        return []
+    tail = [outer[-1][1], strides[dim], *_UNCHAINED, inner_numel]
+    tail += [value for level in reversed(inner) for value in level]
+    return _segments(src, outer[:-1], dst, numel, head, tail)
+
+
+def _segments(src: torch.Tensor, enumerated: list, dst: int, numel: int, head: list, tail: list) -> list[list]:
+    """One row per combination of the ``enumerated`` outer levels: a contiguous block of ``numel`` outputs."""
+    address, element_size, noise_offset, columns = src.data_ptr(), src.element_size(), head[0], head[1:]
     rows = []
-    for block, coords in enumerate(itertools.product(*(range(s) for s, _ in outer[:-1]))):
-        src_offset = sum(c * st for c, (_, st) in zip(coords, outer[:-1]))
-        src_address = src.data_ptr() + src_offset * src.element_size()
-        dst_address = out.data_ptr() + block * numel * out.element_size()
-        rows.append([src_address, dst_address, 0, numel, noise_offset + block * numel, *scale_and_std])
-        rows[-1] += [outer[-1][1], strides[dim], inner_numel, *levels]
-    return (rows if numel else []), len(inner)
+    for block, coords in enumerate(itertools.product(*(range(s) for s, _ in enumerated))):
+        src_address = address + sum(c * st for c, (_, st) in zip(coords, enumerated)) * element_size
+        offset = block * numel
+        rows.append([src_address, dst + offset * element_size, 0, numel, noise_offset + offset, *columns, *tail])
+    return rows
+
+
+def _chained_rows(src: torch.Tensor, first: tuple, second: tuple, dst: int, head: list) -> list[list]:
+    """Descriptor rows of two gathers of ``src`` in a row: ``first`` and ``second`` are (dim, index address,
+    length, scale address) each; ``head`` is as for :func:`_single_rows`, with the second gather's noise. The
+    larger dim is the channel dim, the smaller the outer counter (every dim between them has size 1); dims
+    before the smaller one are enumerated into segments."""
+    (outer_dim, outer_index, outer_length, outer_scale), (channel_dim, index, length, scale) = sorted((first, second))
+    shape, strides = src.shape, src.stride()
+    inner = _levels(shape, strides, range(channel_dim + 1, len(shape))) or [(1, 0)]
+    inner_numel = math.prod(s for s, _ in inner)
+    numel = outer_length * length * inner_numel
+    if not numel:
+        return []
+    head = [*head]
+    head[INDEX - NOISE_OFFSET : SCALE - NOISE_OFFSET + 1] = [index, length, shape[channel_dim], scale]
+    tail = [strides[outer_dim], strides[channel_dim], outer_index, shape[outer_dim], outer_scale]
+    tail += [int(first[0] == outer_dim), inner_numel, *(value for level in reversed(inner) for value in level)]
+    return _segments(src, _levels(shape, strides, range(outer_dim)), dst, numel, head, tail)
+
+
+def _chainable(producer: Entry, consumer: Entry) -> bool:
+    """Whether one chained row can do both gathers: the first reads a tensor and adds no noise, and the two run
+    along different dims with only size-1 dims between them."""
+    if producer.source is None or isinstance(producer.std, torch.Tensor) or producer.std != 0:
+        return False
+    low, high = sorted((producer.dim, consumer.dim))
+    return low != high and all(producer.shape[d] == 1 for d in range(low + 1, high))
+
+
+def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | None]]:
+    """Allocate the outputs, build one descriptor table for the whole call, send it with the CPU index maps and
+    vectors in one copy, and launch once per dtype (per wave of stored intermediates; see the module docstring).
+    Arguments already validated by ``check_gather_groups``."""
+    groups, device = checked.groups, checked.device
+    keep_alive: list[torch.Tensor] = []
+    layout = host_layout(checked)
+    staged = layout.vector_offsets
+
+    def address(vector) -> int:
+        """A float32 vector's address; for one given on the CPU, a marker of its place in the buffer."""
+        if vector is None:
+            return 0
+        offset = staged.get(id(vector))
+        if offset is not None:
+            return -1 - offset
+        keep_alive.append(vector.to(torch.float32).contiguous())
+        return keep_alive[-1].data_ptr()
+
+    results: list[list[torch.Tensor | None]] = []
+    intermediates: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}  # (group, position) -> (output, wave)
+    launches: dict[tuple[int, torch.dtype], list] = {}  # rows of each launch, by (wave, dtype)
+    index_addresses = []
+    for g, group in enumerate(groups):
+        offset = layout.index_offsets.get(g)
+        if offset is None:
+            keep_alive.append(group.index.contiguous())
+            index_addresses.append(keep_alive[-1].data_ptr())
+        else:
+            index_addresses.append(-1 - offset)
+    empty = torch.empty
+    for g, group in enumerate(groups):
+        length, seed, index_address, entries = group.length, group.seed, index_addresses[g], group.entries
+        outs, noise_offset = [], 0
+        for entry in entries:
+            dim, consumer = entry.dim, entry.consumer
+            out_shape = list(entry.shape)
+            out_shape[dim] = length
+            out_numel = math.prod(out_shape)
+            if consumer is not None and _chainable(entry, groups[consumer[0]].entries[consumer[1]]):
+                outs.append(None)  # computed by its consumer's chained rows, never stored
+                noise_offset += out_numel
+                continue
+            std, scale = entry.std, entry.scale
+            if type(std) is float:
+                std_address, std_bits = 0, (_float_bits(std) if std else 0)
+            else:
+                std_address, std_bits = address(std), _ONE_BITS
+            head = [noise_offset, seed, index_address, length, entry.shape[dim], address(scale), std_address, std_bits]
+            out = empty(out_shape, dtype=entry.dtype, device=device)
+            wave = 0
+            if entry.consumes is None:
+                rows = _single_rows(entry.source, dim, out.data_ptr(), head)
+            else:
+                pg, pk = entry.consumes
+                stored = intermediates.get((pg, pk))
+                if stored is not None:  # the earlier output, stored by an earlier launch
+                    src, wave = stored
+                    wave += 1
+                    rows = _single_rows(src, dim, out.data_ptr(), head)
+                else:  # both gathers in this output's rows
+                    producer = groups[pg].entries[pk]
+                    first = (producer.dim, index_addresses[pg], groups[pg].length, address(producer.scale))
+                    second = (dim, index_address, length, head[SCALE - NOISE_OFFSET])
+                    rows = _chained_rows(producer.source, first, second, out.data_ptr(), head)
+            if rows:
+                launch = launches.get((wave, entry.dtype))
+                if launch is None:
+                    launches[wave, entry.dtype] = rows
+                else:
+                    launch += rows
+            if consumer is None:
+                outs.append(out)
+            else:
+                outs.append(None)
+                intermediates[(g, len(outs) - 1)] = (out, wave)
+            noise_offset += out_numel
+        results.append(outs)
+    _launch_all(checked, layout, launches)
+    return results
+
+
+def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict) -> None:
+    """Number the blocks, pad the rows to one width, stage the table with the CPU data, and launch in wave order."""
+    if not launches:  # every output empty: nothing to launch, nothing to send
+        return
+    inner_dims = max((len(row) - INNER) // 2 for rows in launches.values() for row in rows)
+    fields = INNER + 2 * inner_dims
+    table, plan = array.array("q"), []
+    for (_, dtype), rows in sorted(launches.items(), key=lambda item: item[0][0]):
+        for start in range(0, len(rows), MAX_SEGMENTS):
+            chunk = rows[start : start + MAX_SEGMENTS]
+            largest = max(row[NUMEL] for row in chunk)
+            block = max(MIN_BLOCK, min(MAX_BLOCK, triton.next_power_of_2(largest)))
+            n_blocks, scaled, noisy, chained = 0, False, False, False
+            for row in chunk:
+                row[FIRST_BLOCK] = n_blocks
+                n_blocks += -(-row[NUMEL] // block)
+                scaled = scaled or row[SCALE] != 0
+                noisy = noisy or row[STD_VALUE] != 0
+                chained = chained or row[OUTER_INDEX] != 0
+                table.extend(row)
+                if len(row) < fields:  # unit levels outside the real ones change no offset
+                    table.extend([1, 0] * ((fields - len(row)) // 2))
+            plan.append((len(chunk), dtype, block, n_blocks, largest, scaled, noisy, chained))
+    host = torch.frombuffer(table, dtype=torch.int64).view(-1, fields)
+    buffer, offset = send(checked, layout, host, fix=_fix_staged_addresses)
+    # Triton launches on the current CUDA device: make it the tensors' one.
+    with torch.cuda.device(buffer.device) if buffer.is_cuda else contextlib.nullcontext():
+        for n_segments, dtype, block, n_blocks, largest, scaled, noisy, chained in plan:
+            end = offset + 8 * fields * n_segments
+            _gather_channels_kernel[(n_blocks,)](
+                buffer[offset:end].view(torch.int64),
+                n_segments,
+                DTYPE=_TL_DTYPES[dtype],
+                INNER_DIMS=inner_dims,
+                HAS_SCALE=scaled,
+                HAS_NOISE=noisy,
+                CHAINED=chained,
+                INDEX_DTYPE=tl.int64 if largest + block > INT32_MAX else tl.int32,
+                SEGMENTS_BLOCK=max(MIN_SEGMENTS_BLOCK, triton.next_power_of_2(n_segments)),
+                BLOCK=block,
+            )
+            offset = end
+
+
+def _fix_staged_addresses(table: torch.Tensor, base: int) -> None:
+    """Turn the markers ``-1 - offset`` of staged data into addresses in the buffer at ``base`` (torch ops)."""
+    columns = table[:, ADDRESS_COLUMNS]
+    table[:, ADDRESS_COLUMNS] = torch.where(columns < 0, (base - 1) - columns, columns)
 
 
 def gather_channels_many_triton(tensors, dims, index, *, scales, noise_stds, seed) -> list[torch.Tensor]:
-    """Allocate the outputs and launch once per dtype (arguments already validated by ``check_gather_args``)."""
-    index = index.contiguous()
-    outs, rows_by_dtype, keep_alive, noise_offset = [], {}, [], 0
-    for src, dim, scale, std in zip(tensors, dims, scales, noise_stds):
-        shape = list(src.shape)
-        shape[dim] = index.numel()
-        out = torch.empty(shape, dtype=src.dtype, device=src.device)
-        scale_and_std = [0, 0, _float_bits(std if isinstance(std, float) else 1.0)]
-        for column, vector in enumerate((scale, std)):
-            if isinstance(vector, torch.Tensor):  # one float32 factor per index, read at [j]
-                keep_alive.append(vector.to(torch.float32).contiguous())
-                scale_and_std[column] = keep_alive[-1].data_ptr()
-        rows, inner_dims = _pair_rows(src, dim, out, noise_offset, scale_and_std)
-        if rows:  # an empty output needs no launch
-            rows_by_dtype.setdefault(src.dtype, []).extend((row, inner_dims) for row in rows)
-        outs.append(out)
-        noise_offset += out.numel()
-    for dtype, dtype_rows in rows_by_dtype.items():
-        inner_dims = max(dims for _, dims in dtype_rows)
-        for start in range(0, len(dtype_rows), MAX_SEGMENTS):
-            _launch(dtype, dtype_rows[start : start + MAX_SEGMENTS], inner_dims, index, seed)
-    return outs
-
-
-def _launch(dtype: torch.dtype, rows: list, inner_dims: int, index: torch.Tensor, seed: int) -> None:
-    largest = max(row[3] for row, _ in rows)
-    block = max(MIN_BLOCK, min(MAX_BLOCK, triton.next_power_of_2(largest)))
-    table, n_blocks = [], 0
-    for row, dims in rows:
-        padding = [1, 0] * (inner_dims - dims)  # unit levels outside the real ones change no offset
-        table.append([*row[:2], n_blocks, *row[3:], *padding])
-        n_blocks += triton.cdiv(row[3], block)
-    # Triton launches on the current CUDA device: make it the tensors' one.
-    with torch.cuda.device(index.device) if index.is_cuda else contextlib.nullcontext():
-        _gather_channels_kernel[(n_blocks,)](
-            torch.tensor(table, dtype=torch.int64).to(index.device),
-            index,
-            len(rows),
-            index.numel(),
-            seed,
-            DTYPE=_TL_DTYPES[dtype],
-            INNER_DIMS=inner_dims,
-            HAS_SCALE=any(row[5] != 0 for row, _ in rows),
-            HAS_NOISE=any(row[7] != 0 for row, _ in rows),
-            INDEX_DTYPE=tl.int64 if largest + block > INT32_MAX else tl.int32,
-            SEGMENTS_BLOCK=max(MIN_SEGMENTS_BLOCK, triton.next_power_of_2(len(rows))),
-            BLOCK=block,
-        )
+    """One group: the call of ``gather_channels_many`` (arguments already validated by ``check_gather_args``)."""
+    entries = [
+        Entry(t, None, d, t.shape, t.dtype, scale, std) for t, d, scale, std in zip(tensors, dims, scales, noise_stds)
+    ]
+    checked = CheckedGroups([CheckedGroup(entries, index, seed)], tensors[0].device)
+    collect_host_data(checked)
+    return gather_groups_triton(checked)[0]

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import torch
 
 from ._checks import check_channel_stats_args, check_gather_args
+from ._groups import CheckedGroups, GatherGroup, check_gather_groups, staged_views
 
-__all__ = ["channel_stats", "gather_channels", "gather_channels_many"]
+__all__ = ["channel_stats", "gather_channels", "gather_channels_groups", "gather_channels_many"]
 
 
 def channel_stats(
@@ -99,6 +100,41 @@ def _gather(tensors, dims, index, scales, noise_stds, seed) -> list[torch.Tensor
             std = std.float().view(shape) if isinstance(std, torch.Tensor) else std
             gathered = gathered + noise * std
         results.append(gathered.to(src.dtype))
+    return results
+
+
+def gather_channels_groups(
+    groups: Sequence[GatherGroup],
+    *,
+    impl: str = "auto",
+) -> list[list[torch.Tensor | None]]:
+    """Several index maps, each with its (tensor, dim) pairs: group by group, what ``gather_channels_many(tensors,
+    dims, index, scales=, noise_stds=, seed=)`` computes for it, noise included (value for value).
+
+    A ``GroupOutput(g, k)`` among a group's tensors stands for output k of the earlier group g, computed first;
+    that output is then the later group's input, not a result: its place in the returned lists is None. Index
+    maps and per-slice vectors given on the CPU for tensors on another device go there in one copy.
+    """
+    return _gather_groups(check_gather_groups(groups))
+
+
+def _gather_groups(checked: CheckedGroups) -> list[list[torch.Tensor | None]]:
+    """The computation of :func:`gather_channels_groups` on checked arguments."""
+    indexes, moved = staged_views(checked)
+    results: list[list[torch.Tensor | None]] = []
+    for group, index in zip(checked.groups, indexes):
+        tensors = []
+        for entry in group.entries:
+            if entry.source is None:  # an earlier output, consumed here
+                g, k = entry.consumes
+                tensors.append(results[g][k])
+                results[g][k] = None
+            else:
+                tensors.append(entry.source)
+        dims = [entry.dim for entry in group.entries]
+        scales = [None if e.scale is None else moved.get(id(e.scale), e.scale) for e in group.entries]
+        stds = [moved.get(id(e.std), e.std) if isinstance(e.std, torch.Tensor) else e.std for e in group.entries]
+        results.append(_gather(tensors, dims, index, scales, stds, group.seed))
     return results
 
 

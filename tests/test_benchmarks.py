@@ -86,26 +86,51 @@ def test_index_select_cat_baseline_matches_surgery(kind):
     calls = kernels.capture_change(tiny_workload(), kind, CPU)
     assert calls and all(c["kind"] == kind for c in calls)
     ours, theirs = kernels.ours_change(calls), kernels.torch_change(calls)
+    batched = kernels.ours_batched(calls)
     stds = [s for c in calls for s in c["noise_stds"]]
-    assert len(ours) == len(theirs) == len(stds)
-    for a, b, std in zip(ours, theirs, stds):
+    assert len(ours) == len(theirs) == len(stds) == len(batched)
+    for a, b, c, std in zip(ours, theirs, batched, stds):
         assert a.shape == b.shape
         if not (isinstance(std, torch.Tensor) or std > 0):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+        if c is not None:  # the batched call: the same outputs, noise included (one implementation)
+            torch.testing.assert_close(c, a, rtol=0, atol=0)
+    if kind == "grow":  # every group grows: conv weights both a consumer and a producer, never stored between
+        assert any(c is None for c in batched)
     assert kernels.gather_bytes(calls) > 0
 
 
-def test_host_saliency_step_benchmark_runs_and_restores_the_kernel(tmp_path):
+def test_host_benchmarks_run_and_restore_the_kernels(tmp_path):
     stats = pytest.importorskip("cgap_triton.kernels.stats")
+    gather = pytest.importorskip("cgap_triton.kernels.gather")
     kernel, interpret = stats._channel_l1_l2_wg_kernel, os.environ.get("TRITON_INTERPRET")
+    gather_kernel, threads = gather._gather_channels_kernel, torch.get_num_threads()
     workloads = {"tiny-vgg": tiny_workload().spec, "tiny-resnet": ModelSpec("resnet20", 5, 3, 8)}
-    paths = host.run(common.environment(CPU), repeat=3, results_dir=tmp_path, workloads=workloads)
+    paths = host.run(
+        common.environment(CPU),
+        repeat=3,
+        results_dir=tmp_path,
+        workloads=workloads,
+        change_workloads={"tiny-vgg": tiny_workload()},
+    )
+    assert [p.name for p in paths] == [
+        f"host_{n}.{e}" for n in ("saliency_step", "width_change") for e in "json csv md".split()
+    ]
     rows = json.loads(paths[0].read_text())["rows"]
     assert {r["workload"] for r in rows} == set(workloads)
     steps = [r for r in rows if r["path"].startswith(("old step", "plan step"))]
     assert len(steps) == 4 and all(r["old_over_this"] > 0 for r in steps)
     assert all(r["median_us"] > 0 and r["p20_us"] > 0 and r["p80_us"] > 0 for r in rows)
+    changes = json.loads(paths[3].read_text())["rows"]
+    assert {(r["change"], r["path"]) for r in changes} == {
+        (kind, path) for kind in ("grow", "prune") for path in (host.OLD_PATH, host.BATCHED_PATH, host.BATCHED_CALL)
+    }
+    assert all(r["median_ms"] > 0 and r["p20_ms"] > 0 for r in changes)
+    assert all(r["old_over_this"] > 0 for r in changes if r["path"] != host.BATCHED_CALL)
+    for r in changes:  # float32 throughout: one launch per change batched, one per group before
+        assert r["launches"] == (r["groups"] if r["path"] == host.OLD_PATH else 1)
     assert stats._channel_l1_l2_wg_kernel is kernel and os.environ.get("TRITON_INTERPRET") == interpret
+    assert gather._gather_channels_kernel is gather_kernel and torch.get_num_threads() == threads
 
 
 def test_compile_policy_verdict():

@@ -1,8 +1,10 @@
-"""gather_channels / gather_channels_many: the Triton kernel (interpreted on CPU) against the torch twin.
+"""gather_channels / _many / _groups: the Triton kernel (interpreted on CPU) against the torch twin.
 
 Without noise the two must agree bit for bit; with noise, in distribution. Sources and outputs are also
-carved from NaN-filled buffers, since the interpreter does not catch out-of-bounds access. The last test
-compiles every kernel variant for sm_80 and sm_90 and checks spills.
+carved from NaN-filled buffers, since the interpreter does not catch out-of-bounds access. One test compiles
+every kernel variant for sm_80 and sm_90 and checks spills. The batched form over several index maps
+(``gather_channels_groups``) must equal one ``gather_channels_many`` call per group on the same path, bit for
+bit, noise included, in one launch per dtype.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ import sys
 
 import pytest
 import torch
-from cgap_triton.kernels import gather_channels, gather_channels_many, reference
+from cgap_triton.kernels import (
+    GatherGroup,
+    GroupOutput,
+    gather_channels,
+    gather_channels_groups,
+    gather_channels_many,
+    reference,
+)
 
 gather = pytest.importorskip("cgap_triton.kernels.gather")
 sys.path.insert(0, os.path.dirname(__file__))
@@ -267,29 +276,35 @@ def test_grow_then_prune_sequence(dtype):
 
 
 PTXAS = os.path.join(os.path.dirname(gather.triton.__file__), "backends", "nvidia", "bin", "ptxas")
-SIGNATURE = {"desc_ptr": "*i64", "index_ptr": "*i64", "n_segments": "i32", "length": "i32", "seed": "i32"}
-SIGNATURE |= dict.fromkeys(["DTYPE", "INNER_DIMS", "HAS_SCALE", "HAS_NOISE", "INDEX_DTYPE"], "constexpr")
+SIGNATURE = {"desc_ptr": "*i64", "n_segments": "i32"}
+SIGNATURE |= dict.fromkeys(["DTYPE", "INNER_DIMS", "HAS_SCALE", "HAS_NOISE", "CHAINED", "INDEX_DTYPE"], "constexpr")
 SIGNATURE |= dict.fromkeys(["SEGMENTS_BLOCK", "BLOCK"], "constexpr")
 
 
 @pytest.mark.skipif(not os.path.exists(PTXAS), reason="the triton wheel ships no ptxas")
 def test_compiles_without_spills():
-    """Every variant (dtype × scale × noise, plus two inner levels and int64 positions with both on) for sm_80
-    and sm_90, at the largest block: no spills. Registers are printed (pytest -s)."""
+    """Every variant (dtype × scale × noise, plus two inner levels and int64 positions with both on, plus chained
+    segments with noise) for sm_80 and sm_90, at the largest block and the segment search of a VGG-19 change
+    (256 rows; the largest search, 1024 rows, with everything on): no spills. Registers are printed (pytest -s)."""
     variants = []
     for arch, dtype in itertools.product((80, 90), ("float32", "float16", "bfloat16")):
-        options = [(scale, noise, 1, "int32") for scale in (False, True) for noise in (False, True)]
-        for scale, noise, inner_dims, index_dtype in options + [(True, True, 2, "int32"), (True, True, 2, "int64")]:
+        options = [(scale, noise, False, 1, "int32", 256) for scale in (False, True) for noise in (False, True)]
+        options += [(True, True, False, 2, "int32", 256), (True, True, False, 2, "int64", 256)]
+        options += [(False, True, True, 1, "int32", 256), (True, True, True, 2, "int64", 256)]
+        options += [(True, True, True, 2, "int64", gather.MAX_SEGMENTS)]
+        for scale, noise, chained, inner_dims, index_dtype, segments in options:
             constexprs = {"DTYPE": {"dtype": dtype}, "INNER_DIMS": inner_dims, "HAS_SCALE": scale, "HAS_NOISE": noise}
-            constexprs |= {"INDEX_DTYPE": {"dtype": index_dtype}, "SEGMENTS_BLOCK": 32, "BLOCK": gather.MAX_BLOCK}
+            constexprs |= {"CHAINED": chained, "INDEX_DTYPE": {"dtype": index_dtype}}
+            constexprs |= {"SEGMENTS_BLOCK": segments, "BLOCK": gather.MAX_BLOCK}
             variants.append({"signature": SIGNATURE, "constexprs": constexprs, "arch": arch})
     reports = aot_compile_many(gather._gather_channels_kernel, variants)
     for variant, report in zip(variants, reports, strict=True):
         c = variant["constexprs"]
         print(
             f"sm_{report.arch} {c['DTYPE']['dtype']:8} scale={c['HAS_SCALE']:d} noise={c['HAS_NOISE']:d} "
-            f"inner_dims={c['INNER_DIMS']} {c['INDEX_DTYPE']['dtype']}: {report.registers} registers, "
-            f"{report.spills} spill bytes"
+            f"chained={c['CHAINED']:d} inner_dims={c['INNER_DIMS']} {c['INDEX_DTYPE']['dtype']} "
+            f"segments={c['SEGMENTS_BLOCK']}: "
+            f"{report.registers} registers, {report.spills} spill bytes"
         )
     assert all(report.spills == 0 for report in reports), [r.ptxas_log for r in reports if r.spills]
 
@@ -368,3 +383,322 @@ def test_many_form_refuses_non_finite_stds_and_tensors_without_data(case, impl, 
     with pytest.raises(ValueError, match=match):
         gather_channels_many(**kwargs, impl=impl)
     assert launches == []
+
+
+# ------------------------------------------------------------------ gather_channels_groups: many index maps
+
+
+def assert_bits(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Bit for bit (two outputs of the same implementation: -1 slices and noise included)."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.is_contiguous()
+    mismatch = (actual.view(BITS[actual.dtype]) != expected.view(BITS[expected.dtype])).nonzero()
+    assert len(mismatch) == 0, f"{len(mismatch)} mismatches, first at {mismatch[:5].tolist()}"
+
+
+def per_group(groups, impl) -> list[list[torch.Tensor | None]]:
+    """What the batched call must equal: one gather_channels_many call per group, in order, a GroupOutput read
+    from the earlier group's result (and then None there)."""
+    results = []
+    for tensors, dims, index, scales, stds, seed in groups:
+        inputs = []
+        for t in tensors:
+            if isinstance(t, GroupOutput):
+                inputs.append(results[t.group][t.position])
+                results[t.group][t.position] = None
+            else:
+                inputs.append(t)
+        results.append(gather_channels_many(inputs, dims, index, scales=scales, noise_stds=stds, seed=seed, impl=impl))
+    return results
+
+
+def assert_groups(actual, expected) -> None:
+    assert len(actual) == len(expected)
+    for g, (outs, wants) in enumerate(zip(actual, expected)):
+        assert len(outs) == len(wants), g
+        for out, want in zip(outs, wants):
+            assert (out is None) == (want is None), g
+            if want is not None:
+                assert_bits(out, want)
+
+
+def three_groups() -> list[GatherGroup]:
+    """A growth map (repeats, -1s), a pruning map and a map onto one channel; every dtype, odd and non-contiguous
+    shapes, float64/float32 scales, float and per-slice stds (0 included), seeds of their own."""
+    grow = torch.tensor([0, 1, 2, 3, 4, 2, -1, 4])
+    prune = torch.tensor([0, 2, 5])
+    one = torch.tensor([0, -1, 0])
+    stds = torch.tensor([0.0, 0.5, 1.0, 0.0, 2.0, 0.1, 0.3, 0.0])
+    g0 = GatherGroup(
+        [torch.randn(5, 3, 2), torch.randn(4, 5).bfloat16(), torch.randn(5).half(), torch.randn(7, 5).t()],
+        [0, 1, 0, 0],
+        grow,
+        [torch.rand(8, dtype=torch.float64), None, torch.rand(8), None],
+        [stds, 0.0, 0.25, 0.0],
+        3,
+    )
+    g1 = GatherGroup(
+        [torch.randn(3, 6, 2, 2), torch.randn(6), torch.randn(6, 1, 5).bfloat16()],
+        [1, 0, -3],
+        prune,
+        None,
+        [0.0, 0.2, 0.0],
+        11,
+    )
+    g2 = GatherGroup([torch.randn(2, 1, 3).half(), torch.randn(1, 4)], [1, 0], one, [None, torch.rand(3)], None, 5)
+    return [g0, g1, g2]
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_groups_equal_one_call_per_group(impl, launches):
+    """Each group's outputs are those of its own gather_channels_many call, bit for bit, noise included (the torch
+    path draws what the twin draws per group, the Triton path what the kernel draws per group)."""
+    groups = three_groups()
+    actual = gather_channels_groups(groups, impl=impl)
+    calls = len(launches)
+    assert_groups(actual, per_group(groups, impl))
+    if impl == "triton":
+        assert calls == 3  # float32, bfloat16, float16: one launch each for all three maps
+        assert len(launches) == calls + 3 + 2 + 2  # per group: one launch per dtype it holds
+    assert gather_channels_groups([], impl=impl) == []
+
+
+def test_groups_take_tuples_and_auto_is_the_twin_on_cpu():
+    groups = [tuple(g) for g in three_groups()]
+    assert_groups(gather_channels_groups(groups), per_group(groups, "torch"))
+    assert_groups(reference.gather_channels_groups(groups), per_group(groups, "torch"))
+
+
+def conv_chain(dtype, rows_first: bool):
+    """Two groups sharing a [6, 5, 3, 3] conv weight and its momentum: one rewrites the input columns (dim 1),
+    the other the output rows (dim 0), in either order, each with a scale; noise on the second gather only."""
+    weight, momentum = torch.randn(6, 5, 3, 3).to(dtype), torch.randn(6, 5, 3, 3).to(dtype)
+    columns = (1, torch.tensor([0, 4, 1, -1, 3, 3]), torch.rand(6) + 0.5, 5)  # dim, index, scale, source size
+    rows = (0, torch.tensor([5, 0, -1, 2, 2, 1, 4]), torch.rand(7) + 0.5, 6)
+    (dim0, index0, scale0, size0), (dim1, index1, scale1, size1) = (rows, columns) if rows_first else (columns, rows)
+    first = GatherGroup([torch.randn(size0).to(dtype), weight, momentum], [0, dim0, dim0], index0, [None, scale0, None])
+    second = GatherGroup(
+        [GroupOutput(0, 1), GroupOutput(0, 2), torch.randn(size1)],
+        [dim1, dim1, 0],
+        index1,
+        [scale1, None, torch.rand(index1.numel())],
+        [torch.rand(index1.numel()), 0.0, 0.1],
+        seed=9,
+    )
+    return [first, second]
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("rows_first", [False, True], ids=["columns-then-rows", "rows-then-columns"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chained_groups_equal_calls_in_sequence(dtype, rows_first, impl, launches):
+    """A tensor two groups rewrite (GroupOutput) equals the second call on the first call's output, bit for bit
+    (the first output rounded to its dtype in between, as stored); it is computed in the same single launch."""
+    groups = conv_chain(dtype, rows_first)
+    actual = gather_channels_groups(groups, impl=impl)
+    calls = len(launches)
+    assert actual[0][1] is None and actual[0][2] is None  # consumed
+    assert_groups(actual, per_group(groups, impl))
+    if impl == "triton":
+        assert calls == (1 if dtype == torch.float32 else 2)  # the float32 vector of group 1 aside
+
+
+@pytest.mark.parametrize("case", ["noise on the first", "same dim twice", "dims apart", "three in a row"])
+def test_chains_one_launch_cannot_do_take_one_more(case, launches):
+    """Chains a chained row cannot express: the earlier output is stored by one launch and read by the next."""
+    w = torch.randn(6, 4, 5)
+    first_std, second_dim, index1 = 0.0, 1, torch.tensor([3, -1, 0, 2, 2])
+    if case == "noise on the first":
+        first_std = 0.3
+    elif case == "same dim twice":
+        second_dim, index1 = 0, torch.tensor([4, 0, -1, 1])
+    elif case == "dims apart":
+        second_dim, index1 = 2, torch.tensor([4, 0, -1, 1, 3, 3])
+    groups = [GatherGroup([w], [0], torch.tensor([5, 0, -1, 2, 2]), [torch.rand(5)], [first_std], 1)]
+    groups.append(GatherGroup([GroupOutput(0, 0)], [second_dim], index1, [torch.rand(index1.numel())], [0.2], 2))
+    if case == "three in a row":
+        groups.append(GatherGroup([GroupOutput(1, 0)], [2], torch.tensor([1, 0, 4]), None, None, 3))
+    actual = gather_channels_groups(groups, impl="triton")
+    assert len(launches) == 2
+    assert_groups(actual, per_group(groups, "triton"))
+    assert_groups(gather_channels_groups(groups, impl="torch"), per_group(groups, "torch"))
+
+
+def test_groups_noise_deterministic_per_group_seed():
+    """Same seeds, same noise; another seed for one group changes that group's noise only; N(0, std²) within
+    5 sigma over the batched call."""
+    groups = [
+        GatherGroup([torch.zeros(4, 2048)], [0], torch.tensor([0, -1, 3, 1]), None, [0.5], 1),
+        GatherGroup([torch.zeros(3, 1024), torch.zeros(1024, 3)], [0, 1], torch.tensor([2, 2, -1]), None, [1.0, 2.0]),
+    ]
+    first = gather_channels_groups(groups, impl="triton")
+    again = gather_channels_groups(groups, impl="triton")
+    other = gather_channels_groups([groups[0], groups[1]._replace(seed=7)], impl="triton")
+    assert_groups(again, first)
+    assert_bits(other[0][0], first[0][0])
+    assert not torch.equal(other[1][0], first[1][0]) and not torch.equal(other[1][1], first[1][1])
+    assert not torch.equal(first[1][0], first[1][1].t())  # distinct offsets within a group
+    for noise, std in ((first[0][0], 0.5), (first[1][0], 1.0), (first[1][1], 2.0)):
+        n = noise.numel()
+        assert abs(noise.mean()) < 5 * std / math.sqrt(n)
+        assert abs(noise.std() / std - 1) < 5 / math.sqrt(2 * n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chained_guard_buffers(dtype, monkeypatch):
+    """Chained rows and enumerated segments inside NaN-filled buffers: every output element written, nothing
+    read or written outside."""
+    conv, conv_buffer = carve((6, 4, 3, 3), dtype)
+    conv.copy_(torch.randn(6, 4, 3, 3))
+    before = conv_buffer.clone()
+    permuted = conv.permute(2, 0, 1, 3)  # [3, 6, 4, 3]: an outer dim enumerated before the two gathered ones
+    carved = []
+
+    class GuardedTorch:
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        def empty(self, shape, dtype, device):
+            carved.append(carve(shape, dtype))
+            return carved[-1][0]
+
+    monkeypatch.setattr(gather, "torch", GuardedTorch())
+    groups = [
+        GatherGroup([conv, permuted], [1, 2], torch.tensor([3, -1, 0, 2, 1]), [torch.rand(5), None]),
+        GatherGroup(
+            [GroupOutput(0, 0), GroupOutput(0, 1)], [0, 1], torch.tensor([5, 0, -1, 2, 2, 1, 4]), None, [0.0, 0.1], 4
+        ),
+    ]
+    actual = gather_channels_groups(groups, impl="triton")
+    assert len(carved) == 2  # the consumed outputs are never stored
+    for out, (expected_out, buffer) in zip(actual[1], carved, strict=True):
+        assert out is expected_out and not out.isnan().any()
+        assert buffer[:1500].isnan().all() and buffer[1500 + out.numel() :].isnan().all()
+    assert torch.equal(before.view(BITS[dtype]), conv_buffer.view(BITS[dtype]))
+    monkeypatch.undo()
+    assert_groups(actual, per_group(groups, "triton"))
+
+
+def test_an_index_the_host_did_not_check_never_reads_out_of_bounds():
+    """An index map given on the device is not read by the host: the kernel reads values outside [-1, size) as -1
+    (a zero slice), here through the launcher with the checks bypassed and the source in a NaN-filled buffer."""
+    from cgap_triton.kernels._groups import CheckedGroup, CheckedGroups, Entry
+
+    src, _ = carve((4, 3), torch.float32)
+    src.copy_(torch.randn(4, 3))
+    index = torch.tensor([2, 4, -7, 99, 0, -1])
+    entry = Entry(src, None, 0, src.shape, src.dtype, None, 0.0)
+    (out,) = gather.gather_groups_triton(CheckedGroups([CheckedGroup([entry], index, 0)], torch.device("cpu")))[0]
+    live = (index >= 0) & (index < 4)
+    assert torch.equal(out[live], src[index[live]]) and not out[~live].view(torch.int32).any()
+
+
+def test_host_data_goes_in_one_buffer():
+    """CPU index maps, then CPU vectors (deduplicated, float32), then the table: one buffer, one copy."""
+    from cgap_triton.kernels._groups import check_gather_groups, host_layout, send
+
+    shared = torch.rand(3, dtype=torch.float64)
+    groups = [
+        GatherGroup([torch.randn(4, 2)], [0], torch.tensor([3, 0, -1]), [shared], [torch.rand(3)]),
+        GatherGroup([torch.randn(2, 5)], [1], torch.tensor([4, 1]), None, None),
+        GatherGroup([torch.randn(3)], [0], torch.tensor([0, 2, 1]), [shared], None),
+    ]
+    checked = check_gather_groups(groups)
+    layout = host_layout(checked)
+    table = torch.arange(6, dtype=torch.int64).view(2, 3)
+    buffer, table_offset = send(checked, layout, table, fix=lambda t, base: t.add_(base - base))
+    assert buffer.numel() == table_offset + 48 and table_offset % 8 == 0
+    for g, group in enumerate(groups):
+        start = layout.index_offsets[g]
+        assert torch.equal(buffer[start : start + 8 * group.index.numel()].view(torch.int64), group.index)
+    assert len(layout.vector_offsets) == 2  # the shared scale once
+    for vector in (shared, groups[0].noise_stds[0]):
+        start = layout.vector_offsets[id(vector)]
+        assert torch.equal(buffer[start : start + 4 * vector.numel()].view(torch.float32), vector.float())
+    assert torch.equal(buffer[table_offset:].view(torch.int64), table.view(-1))
+
+
+def bad_groups() -> list[GatherGroup]:
+    return [
+        GatherGroup([torch.randn(4, 3), torch.randn(2, 4)], [0, 1], torch.tensor([0, 3, -1])),
+        GatherGroup([GroupOutput(0, 1), torch.randn(3)], [1, 0], torch.tensor([2, 2, 0, 1]), None, [0.1, 0.0], 4),
+    ]
+
+
+BAD_GROUPS = {
+    "index above": (1, dict(index=torch.tensor([0, 3])), r"^groups\[1\]\.index: values must be in \[-1, 3\); found 3"),
+    "index below": (
+        0,
+        dict(index=torch.tensor([0, -2, 1])),
+        r"^groups\[0\]\.index: values must be in \[-1, 4\); found -2",
+    ),
+    "index dtype": (0, dict(index=torch.tensor([0], dtype=torch.int32)), r"^groups\[0\]\.index: expected dtype int64"),
+    "index 2-D": (1, dict(index=torch.tensor([[0]])), r"^groups\[1\]\.index: expected a 1-D tensor"),
+    "index meta": (1, dict(index=torch.tensor([0], device="meta")), r"^groups\[1\]\.index: .*meta"),
+    "sizes": (1, dict(tensors=[GroupOutput(0, 1), torch.randn(4)]), r"^groups\[1\]\.tensors: one index map needs"),
+    "dim": (1, dict(dims=[2, 0]), r"^groups\[1\]\.dims\[0\]: expected a dim in \[-2, 2\)"),
+    "dims count": (0, dict(dims=[0]), r"^groups\[0\]\.dims: expected one dim per tensor"),
+    "dtype": (
+        0,
+        dict(tensors=[torch.zeros(4, 3, dtype=torch.int32), torch.randn(2, 4)]),
+        r"^groups\[0\]\.tensors\[0\]",
+    ),
+    "meta tensor": (1, dict(tensors=[GroupOutput(0, 1), torch.zeros(3, device="meta")]), r"^groups\[1\]\.tensors\[1\]"),
+    "scale length": (1, dict(scales=[None, torch.ones(3)]), r"^groups\[1\]\.scales\[1\]: expected shape \(4,\)"),
+    "scale int": (0, dict(scales=[torch.ones(3, dtype=torch.int64), None]), r"^groups\[0\]\.scales\[0\]: expected"),
+    "std negative": (1, dict(noise_stds=[-0.1, 0.0]), r"^groups\[1\]\.noise_stds\[0\]: expected a float >= 0"),
+    "std nan": (1, dict(noise_stds=[0.0, torch.tensor([0.1, NAN, 0.0, 0.0])]), r"^groups\[1\]\.noise_stds\[1\]: .*nan"),
+    "std inf": (0, dict(noise_stds=[torch.tensor([INF, 0.0, 0.0]), 0.0]), r"^groups\[0\]\.noise_stds\[0\]: .*inf"),
+    "seed": (1, dict(seed=2**31), r"^groups\[1\]\.seed: expected an int in \[0, 2\*\*31\)"),
+    "later group": (1, dict(tensors=[GroupOutput(1, 0), torch.randn(3)]), r"^groups\[1\]\.tensors\[0\]: .*earlier"),
+    "no such output": (
+        1,
+        dict(tensors=[GroupOutput(0, 2), torch.randn(3)]),
+        r"^groups\[1\]\.tensors\[0\]: .*2 outputs",
+    ),
+    "used twice": (1, dict(tensors=[GroupOutput(0, 1), GroupOutput(0, 1)]), r"^groups\[1\]\.tensors\[1\]: .*used once"),
+}
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("case", BAD_GROUPS)
+def test_groups_bad_input_names_group_and_argument(case, impl, launches):
+    g, change, match = BAD_GROUPS[case]
+    groups = bad_groups()
+    groups[g] = groups[g]._replace(**change)
+    with pytest.raises(ValueError, match=match):
+        gather_channels_groups(groups, impl=impl)
+    with pytest.raises(ValueError, match=r"^groups: expected a sequence of GatherGroup, got one GatherGroup"):
+        gather_channels_groups(bad_groups()[0], impl=impl)
+    with pytest.raises(ValueError, match=r"^groups\[2\]: expected a GatherGroup"):
+        gather_channels_groups([*bad_groups(), "not a group"], impl=impl)
+    assert launches == []
+
+
+def test_surgery_gathers_a_whole_change_in_one_launch(launches):
+    """apply_width_change on a small VGG (conv weights that are one group's consumer and the next's producer,
+    SGD momentum, saliency): growth with noise, then pruning, each one launch (all float32), equal to the twin."""
+    from cgap_triton.cgap import GroupChange, WidthChange, apply_width_change
+    from cgap_triton.cgap.importance import SaliencyTracker
+    from cgap_triton.models import ModelSpec, build_model
+
+    states = []
+    for impl in ("triton", "torch"):
+        torch.manual_seed(0)
+        model = build_model(ModelSpec("vgg", 5, 3, 8, (6, "M", 5, 7)), None)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        model(torch.randn(2, 3, 8, 8)).square().mean().backward()
+        opt.step()
+        tracker = SaliencyTracker(model)
+        grow = {
+            g.name: GroupChange.grow(model.widths[g.name], torch.tensor([1, 0]), 2, noise=0.0, seed=i)
+            for i, g in enumerate(model.groups)
+        }
+        before = len(launches)
+        apply_width_change(model, WidthChange("grow", grow), optimizer=opt, saliency=tracker.buffers, impl=impl)
+        keep = {g.name: GroupChange.keep(torch.tensor([0, 2, 3])) for g in model.groups}
+        apply_width_change(model, WidthChange("prune", keep), optimizer=opt, saliency=tracker.buffers, impl=impl)
+        assert len(launches) - before == (2 if impl == "triton" else 0)
+        states.append(model.state_dict())
+    for key in states[1]:
+        assert torch.equal(states[0][key], states[1][key]), key

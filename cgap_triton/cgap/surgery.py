@@ -78,7 +78,7 @@ def _run(planner: _Planner, kind: str, impl: str) -> None:
     """The planned groups' gathers in one call, their results assigned, then their steps after the gather."""
     results = gather_channels_groups(planner.gathers, impl=impl)
     for targets, outputs in zip(planner.targets, results):
-        _assign_results(planner.model, targets, outputs, planner.optimizer, planner.saliency)
+        _assign_results(planner, targets, outputs)
     for group, group_change in planner.groups:
         _after_gather(planner.model, group, group_change, kind)
 
@@ -92,12 +92,20 @@ class _Planner:
     def __init__(self, model, optimizer, saliency):
         self.model, self.optimizer, self.saliency = model, optimizer, saliency
         self.params = dict(model.named_parameters())
+        # Modules by name, for the many lookups of a change (``model.tensor`` walks the path each time).
+        self.modules = dict(model.named_modules()) if type(model).tensor is GrowableNet.tensor else None
         self.gathers: list[GatherGroup] = []
         self.targets: list[list[tuple]] = []
         self.latest: dict[tuple, tuple[int, int]] = {}  # target -> (group, position) of the output holding it
         self.shapes: dict[tuple[int, int], torch.Size] = {}  # (group, position) -> output shape
         self.groups: list[tuple] = []  # (group, its change) in order
         self.after_gather_reads: set[str] = set()  # tensors that planned groups' steps after the gather touch
+
+    def tensor(self, qualname: str) -> torch.Tensor:
+        """``model.tensor(qualname)``, the module found in the table built once."""
+        module_name, _, attr = qualname.rpartition(".")
+        module = None if self.modules is None else self.modules.get(module_name)
+        return self.model.tensor(qualname) if module is None else getattr(module, attr)
 
     def shape(self, target, tensor: torch.Tensor) -> torch.Size:
         """The shape ``target`` has after the groups planned so far."""
@@ -122,38 +130,42 @@ class _Planner:
 
 
 def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
-    model, optimizer, saliency = planner.model, planner.optimizer, planner.saliency
+    optimizer, saliency = planner.optimizer, planner.saliency
     init, noise, seed = change.init, change.noise, change.seed
     # The change's maps stay on the CPU: the batched gather checks them there and moves them in one copy.
     index, new = change.index.cpu(), change.new.cpu()
-    old = new.logical_not().float()
     growing = kind == "grow" and bool(new.any())
-    # Units that gained a child this change: the parents of the new slots.
-    shared = torch.zeros_like(old)
-    if growing and init not in PARENTLESS:
-        parents = index[new]
-        shared[new] = 0.5
-        shared[parents] = 0.5
-    half = torch.where(shared > 0, shared, torch.ones_like(shared))
+    old = half = None  # the scales below, used by growth only
+    if growing:
+        old = new.logical_not().float()
+        # Units that gained a child this change: the parents of the new slots.
+        shared = torch.zeros_like(old)
+        if init not in PARENTLESS:
+            parents = index[new]
+            shared[new] = 0.5
+            shared[parents] = 0.5
+        half = torch.where(shared > 0, shared, torch.ones_like(shared))
 
     tensors, dims, scales, stds, targets = [], [], [], [], []
     g = len(planner.gathers)
 
     def add(tensor, dim, target, scale=None, std=0.0):
-        earlier = planner.latest.get(target)
-        shape = list(planner.shape(target, tensor))
+        # (a parameter in a key is hashed by id, but compared by value when hashes collide: key by its id)
+        key = ("optim", id(target[1]), target[2]) if target[0] == "optim" else target
+        earlier = planner.latest.get(key)
+        shape = list(planner.shape(key, tensor))
         tensors.append(tensor if earlier is None else GroupOutput(*earlier))
         dims.append(dim)
         scales.append(scale)
         stds.append(std)
         targets.append(target)
-        planner.latest[target] = (g, len(targets) - 1)
+        planner.latest[key] = (g, len(targets) - 1)
         shape[dim] = index.numel()
         planner.shapes[(g, len(targets) - 1)] = torch.Size(shape)
 
     params = planner.params
     for qualname, dim in group.producers:
-        t = model.tensor(qualname)
+        t = planner.tensor(qualname)
         std = 0.0
         if growing and qualname == group.saliency:
             shape = planner.shape(("tensor", qualname), t)
@@ -171,7 +183,7 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
         scale = None
         if growing:
             scale = half if init == "split" else old
-        add(model.tensor(qualname), dim, ("tensor", qualname), scale)
+        add(planner.tensor(qualname), dim, ("tensor", qualname), scale)
     if optimizer is not None:
         for qualname, dim in group.producers + group.consumers:
             p = params.get(qualname)
@@ -190,12 +202,13 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
     planner.groups.append((group, change))
 
 
-def _assign_results(model, targets, results, optimizer, saliency) -> None:
+def _assign_results(planner: _Planner, targets, results) -> None:
+    optimizer, saliency = planner.optimizer, planner.saliency
     for target, result in zip(targets, results):
         if result is None:  # consumed by a later group of the change, which assigns the final value
             continue
         if target[0] == "tensor":
-            _assign(model, target[1], result)
+            _assign(planner.model, target[1], result, planner.modules)
         elif target[0] == "optim":
             optimizer.state[target[1]][target[2]] = result
         else:
@@ -224,9 +237,10 @@ def _after_gather(model, group, change: GroupChange, kind) -> None:
         weight.data[new] = orthogonal_filters(weight.data[~new], int(new.sum()), seed)
 
 
-def _assign(model: nn.Module, qualname: str, value: torch.Tensor) -> None:
+def _assign(model: nn.Module, qualname: str, value: torch.Tensor, modules: dict | None = None) -> None:
     module_name, _, attr = qualname.rpartition(".")
-    module = model.get_submodule(module_name)
+    module = None if modules is None else modules.get(module_name)
+    module = model.get_submodule(module_name) if module is None else module
     current = getattr(module, attr)
     if isinstance(current, nn.Parameter):
         current.data = value  # same Parameter object: the optimizer keeps tracking it
