@@ -190,3 +190,59 @@ class RunLock:
             self.held = False
             if lock_owner(self.path.parent) == os.getpid():
                 self.path.unlink(missing_ok=True)
+
+
+class RunFolder:
+    """The folder one run writes: opened for a new run or a resume, locked to this process, closed at the end."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock: RunLock | None = None
+        self._created = False
+
+    def open_new(self) -> None:
+        """Create (or take over an empty or never-checkpointed) run folder, locked to this process."""
+        out = self.path
+        check_new_folder(out)
+        try:
+            out.mkdir(parents=True)
+            self._created = True
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise RunFolderError(f"--out {out}: cannot create the folder ({err.strerror})") from None
+        self._take_lock()
+        check_new_folder(out)  # again, under the lock: another process may have started in it
+        clean_stale_temporaries(out)
+        refuse_links(out)
+
+    def open_for_resume(self) -> None:
+        """Lock a run folder to continue its run; a finished run is refused, a killed writer's leftovers removed."""
+        out = self.path
+        if not out.is_dir():
+            raise RunFolderError(f"--resume {out}: no such run folder")
+        if (out / "summary.json").is_file():
+            raise RunFolderError(
+                f"--resume {out}: the run has finished (summary.json is there); nothing to resume. Its results: "
+                f"python -m cgap_triton report {out}"
+            )
+        self._take_lock()
+        refuse_links(out)
+        clean_stale_temporaries(out)
+
+    def close(self, finished: bool) -> None:
+        """Release the folder; a run that never reached a checkpoint leaves nothing behind."""
+        if self._lock is None:
+            return
+        if not finished:
+            remove_unfinished(self.path, self._created)
+        self._lock.release()
+        self._lock = None
+
+    def _take_lock(self) -> None:
+        lock = RunLock(self.path)
+        try:
+            lock.acquire()
+        except OSError as err:
+            raise RunFolderError(f"{self.path}: cannot write in the folder ({err.strerror})") from None
+        self._lock = lock

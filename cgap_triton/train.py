@@ -78,8 +78,7 @@ class CGaPRecipe:
         self._previous_handlers: dict | None = None
         self._first_bad: torch.Tensor  # [step, loss] of the first non-finite loss since the start; step -1: none
         self.world = World()
-        self._lock: runfolder.RunLock | None = None
-        self._created_folder = False
+        self.folder = runfolder.RunFolder(self.out_dir)
         self.finished = False
 
     # ------------------------------------------------------------------------------------------ setup
@@ -96,7 +95,7 @@ class CGaPRecipe:
         state = None
         if self.resume:
             if self.world.is_main:
-                self._open_folder_for_resume()
+                self.folder.open_for_resume()
             path = self.out_dir / "checkpoint.pt"
             state = validate_checkpoint(load_checkpoint(path), path)
             self._check_same_recipe(state)
@@ -197,7 +196,7 @@ class CGaPRecipe:
         sinks = []
         if self.world.is_main:  # only rank 0 writes the run folder and talks to the user
             if not self.resume:
-                self._open_new_folder()
+                self.folder.open_new()
             atomic_write_text(to_toml(r), self.out_dir / "recipe.toml")
             # Resumed: what was logged after the checkpoint is logged again from it, so it is cut off first.
             keep = state.get("metrics_bytes") if state else None
@@ -535,45 +534,6 @@ class CGaPRecipe:
         if first and not self._training:
             raise Interrupted(signum)
 
-    # ------------------------------------------------------------------------------------------ folder
-
-    def _open_new_folder(self) -> None:
-        """Create (or take over an empty or never-checkpointed) run folder, locked to this process."""
-        out = self.out_dir
-        runfolder.check_new_folder(out)
-        try:
-            out.mkdir(parents=True)
-            self._created_folder = True
-        except FileExistsError:
-            pass
-        except OSError as err:
-            raise runfolder.RunFolderError(f"--out {out}: cannot create the folder ({err.strerror})") from None
-        self._take_lock()
-        runfolder.check_new_folder(out)  # again, under the lock: another process may have started in it
-        runfolder.clean_stale_temporaries(out)
-        runfolder.refuse_links(out)
-
-    def _open_folder_for_resume(self) -> None:
-        out = self.out_dir
-        if not out.is_dir():
-            raise runfolder.RunFolderError(f"--resume {out}: no such run folder")
-        if (out / "summary.json").is_file():
-            raise runfolder.RunFolderError(
-                f"--resume {out}: the run has finished (summary.json is there); nothing to resume. Its results: "
-                f"python -m cgap_triton report {out}"
-            )
-        self._take_lock()
-        runfolder.refuse_links(out)
-        runfolder.clean_stale_temporaries(out)
-
-    def _take_lock(self) -> None:
-        lock = runfolder.RunLock(self.out_dir)
-        try:
-            lock.acquire()
-        except OSError as err:
-            raise runfolder.RunFolderError(f"{self.out_dir}: cannot write in the folder ({err.strerror})") from None
-        self._lock = lock
-
     # ------------------------------------------------------------------------------------------ saving
 
     def _check_finite_weights(self, what: str) -> None:
@@ -740,11 +700,7 @@ class CGaPRecipe:
         telemetry = getattr(self, "telemetry", None)
         if telemetry is not None:
             telemetry.close()
-        if self._lock is not None:
-            if not self.finished:
-                runfolder.remove_unfinished(self.out_dir, self._created_folder)
-            self._lock.release()
-            self._lock = None
+        self.folder.close(finished=self.finished)
         shutdown()
         if self._previous_handlers is not None:
             signals.restore(self._previous_handlers)
