@@ -57,8 +57,9 @@ def fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Until a run takes over the signals (and after it), SIGINT/SIGTERM end the command with a line, not a traceback.
-    previous = signals.install(signals.raise_interrupted)
+    # SIGINT/SIGTERM are recorded and acted on at safe points: before a run, between its steps, at its end.
+    latch = signals.SignalLatch()
+    previous = signals.install(latch)
     try:
         parser = _parser()
         try:
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as done:  # --help (0) or a usage error (2): a status, also when called in-process
             return int(done.code or 0)
         args.overrides = extra
+        args.latch = latch
         if args.command == "report":
             return _report(args)
         if args.command == "sweep":
@@ -127,6 +129,7 @@ def _recipe(args) -> int:
     problems = environment_problems(recipe)
     if problems:
         return _print_problems(problems, "this machine cannot run the recipe")
+    args.latch.check()
     stem = Path(recipe_path).stem if resume is None else resume.name
     from .distributed import broadcast_value, init_from_env, shutdown
     from .runfolder import RunFolderError, check_new_folder
@@ -155,7 +158,7 @@ def _recipe(args) -> int:
     from .distributed import RankDisagreement
     from .train import CGaPRecipe, TrainingStopped
 
-    run = CGaPRecipe(recipe, out, dashboard=dashboard, resume=resume is not None, recipe_name=stem)
+    run = CGaPRecipe(recipe, out, dashboard=dashboard, resume=resume is not None, recipe_name=stem, latch=args.latch)
     # Messages are printed after cleanup(): the live dashboard's last frame would draw over them.
     status, message = 0, None
     try:
@@ -215,7 +218,8 @@ def _sweep(args) -> int:
 
     try:
         targets, methods = parse_targets(args.targets), parse_methods(args.methods)
-        run_sweep(recipe, targets, args.seeds, out, methods=methods, command=command)
+        args.latch.check()
+        run_sweep(recipe, targets, args.seeds, out, methods=methods, command=command, latch=args.latch)
     except RecipeError as err:  # a derived run's recipe (e.g. a seed past the limit)
         return _print_problems(err.problems)
     except (SweepError, DataError, CheckpointError, RunFolderError) as err:

@@ -1,4 +1,9 @@
-"""SIGINT and SIGTERM: a run stops at a step boundary with a checkpoint, never in the middle of a write."""
+"""SIGINT and SIGTERM: a run stops at a step boundary with a checkpoint, never in the middle of a write.
+
+Handlers only record the signal (:class:`SignalLatch`); the code checks the latch at points where stopping is
+safe. An exception thrown from a handler could land anywhere: inside a module being imported (leaving it half
+initialised, so that the next use fails with an unrelated error), or inside a write.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +25,20 @@ class Interrupted(Exception):
         return 128 + self.signum  # what a shell reports for a process the signal killed: 130, 143
 
 
-def raise_interrupted(signum, frame) -> None:
-    raise Interrupted(signum)
+class SignalLatch:
+    """A signal handler that remembers the first SIGINT/SIGTERM; later ones (a burst) change nothing."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a signal arrived: call it where stopping leaves nothing half done."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
 
 
 def install(handler: Callable) -> dict:

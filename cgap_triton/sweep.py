@@ -209,8 +209,11 @@ def run_sweep(
     methods: Sequence[str] = METHODS,
     command: str = "",
     log: Callable[[str], None] = print,
+    latch: Any = None,
 ) -> dict[str, Any]:
-    """Run (or continue) every planned run into ``out/<run name>``; write sweep.json, sweep.md, sweep.png."""
+    """Run (or continue) every planned run into ``out/<run name>``; write sweep.json, sweep.md, sweep.png.
+
+    ``latch`` (a ``signals.SignalLatch``): SIGINT/SIGTERM recorded by the caller stop the sweep between runs."""
     from .train import CGaPRecipe, TrainingStopped
 
     runs = plan(recipe, targets, seeds, methods)
@@ -284,7 +287,9 @@ def run_sweep(
             how = "kept"
         else:
             resume = (run_dir / "checkpoint.pt").is_file()
-            trainer = CGaPRecipe(run_recipe, run_dir, resume=resume, recipe_name=run.name)
+            if latch is not None:
+                latch.check()
+            trainer = CGaPRecipe(run_recipe, run_dir, resume=resume, recipe_name=run.name, latch=latch)
             try:
                 trainer.setup()
                 summary = trainer.train()

@@ -69,12 +69,14 @@ class CGaPRecipe:
         dashboard: bool = False,
         resume: bool = False,
         recipe_name: str = "recipe",
+        latch: signals.SignalLatch | None = None,
     ):
         self.recipe, self.out_dir, self.want_dashboard = recipe, Path(out_dir), dashboard
         self.resume, self.recipe_name = resume, recipe_name
-        self._signal: int | None = None
+        # Records SIGINT/SIGTERM; checked between set-up stages and at every step boundary. The command line
+        # passes its own, so that a signal that arrived before the run is not lost.
+        self.latch = latch or signals.SignalLatch()
         self._stop_requested = False
-        self._training = False  # before the loop starts, a signal abandons setup at once
         self._previous_handlers: dict | None = None
         self._first_bad: torch.Tensor  # [step, loss] of the first non-finite loss since the start; step -1: none
         self.world = World()
@@ -89,8 +91,9 @@ class CGaPRecipe:
         Raises RecipeError (the recipe cannot run on this data), DataError, CheckpointError or
         RunFolderError with a message for the user; nothing is left in the folder when one is raised.
         """
-        self._previous_handlers = signals.install(self._on_signal)
+        self._previous_handlers = signals.install(self.latch)
         r = self.recipe
+        self.latch.check()
         self.world, self.device = init_from_env(r.train.device)
         state = None
         if self.resume:
@@ -108,6 +111,7 @@ class CGaPRecipe:
             )
         torch.manual_seed(r.run.seed)
         self.data: Dataset = load_dataset(r.data)
+        self.latch.check()
         num_classes = r.model.num_classes or self.data.num_classes
         if num_classes < self.data.num_classes:
             raise RecipeError(
@@ -186,6 +190,7 @@ class CGaPRecipe:
             params_full=self.params_full,
             channels_last=r.train.channels_last,
         )
+        self.latch.check()
         self.progress = Progress()
         self._restored_compile: dict[str, Any] = {}  # compile counts of the run's earlier processes
         self._validated: tuple[tuple[int, int], float] | None = None  # ((step, changes), accuracy)
@@ -196,6 +201,7 @@ class CGaPRecipe:
         sinks = []
         if self.world.is_main:  # only rank 0 writes the run folder and talks to the user
             if not self.resume:
+                self.latch.check()  # the last point at which stopping leaves no folder
                 self.folder.open_new()
             atomic_write_text(to_toml(r), self.out_dir / "recipe.toml")
             # Resumed: what was logged after the checkpoint is logged again from it, so it is cut off first.
@@ -287,7 +293,6 @@ class CGaPRecipe:
 
     def train(self) -> dict[str, Any]:
         r, p = self.recipe, self.progress
-        self._training = True  # from here on a signal is recorded and acted on at the next step boundary
         started = time.perf_counter() - p.wall_seconds
         window = {
             "loss": torch.zeros((), device=self.device),
@@ -318,7 +323,7 @@ class CGaPRecipe:
                 p.wall_seconds = time.perf_counter() - started
                 if self._stop_requested:
                     self.save_checkpoint()
-                    raise Interrupted(self._signal or signal.SIGTERM)
+                    raise Interrupted(self.latch.signum or signal.SIGTERM)
             self.check_health()
             p.epoch += 1
             p.batch = 0
@@ -340,12 +345,12 @@ class CGaPRecipe:
             # Decided now, at the cost of a host sync (one small all-reduce on several ranks): the ranks
             # skip, stop or go on together, and a skipped batch never reaches the weights.
             not_finite, self._stop_requested = any_rank(
-                [not bool(torch.isfinite(loss)), self._signal is not None], self.world, self.device
+                [not bool(torch.isfinite(loss)), self.latch.signum is not None], self.world, self.device
             )
         else:
             # One process, nan_policy "stop": remember the first bad step on the device, without waiting
             # for the GPU; check_health() reads it before anything is logged, decided or saved.
-            not_finite, self._stop_requested = False, self._signal is not None
+            not_finite, self._stop_requested = False, self.latch.signum is not None
             bad = torch.isfinite(loss).logical_not() & (self._first_bad[0] < 0)
             seen = torch.stack([loss.new_tensor(p.step + 1, dtype=torch.float64), loss.detach().double()])
             self._first_bad.copy_(torch.where(bad, seen, self._first_bad))
@@ -523,16 +528,6 @@ class CGaPRecipe:
         self.model.train()
         n = max(1, len(split))
         return float(correct) / n, float(total_loss) / n
-
-    def _on_signal(self, signum, frame) -> None:
-        """The first SIGINT/SIGTERM stops the run: during setup at once (nothing to save yet), during training
-        at the next step boundary, after a checkpoint. Later ones (a burst, an impatient second Ctrl-C) are
-        noted and change nothing, so that the checkpoint being written is never cut short."""
-        first = self._signal is None
-        if first:
-            self._signal = signum
-        if first and not self._training:
-            raise Interrupted(signum)
 
     # ------------------------------------------------------------------------------------------ saving
 
