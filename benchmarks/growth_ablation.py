@@ -29,7 +29,11 @@ PER_PARAM = [*CONSUMER, "cgap.prune.rank=per_param"]
 EARLY_ONLY = ["cgap.grow.every=0.25", "cgap.grow.reach=0.2", "cgap.grow.until=0.25", "cgap.stabilize=0.35"]
 EARLY = [*PER_PARAM, *EARLY_ONLY]
 VARIANTS: list[tuple[str, str, list[str]]] = [
-    ("baseline", "the recipe as it is (copy_zero_out children, taylor saliency, units budget)", []),
+    (
+        "baseline",
+        "the recipe before (copy_zero_out children, taylor saliency, units budget)",
+        ["cgap.grow.init=copy_zero_out"],
+    ),
     (
         "prune_only",
         "reference: the full model pruned with the baseline's importance and schedule",
