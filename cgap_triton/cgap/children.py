@@ -41,16 +41,21 @@ def orthogonal_filters(existing: torch.Tensor, count: int, seed: int) -> torch.T
 TWIN_COSINE = 0.9  # units whose incoming filters are this aligned compute nearly the same thing
 
 
-@torch.no_grad()
 def twin_fraction(filters: torch.Tensor, threshold: float = TWIN_COSINE) -> float:
     """The fraction of units whose incoming filter has cosine similarity above ``threshold`` with another unit's.
 
     Copied children that never leave their parents show up here; units drawn to differ do not."""
+    return float(twin_share(filters, threshold))
+
+
+@torch.no_grad()
+def twin_share(filters: torch.Tensor, threshold: float = TWIN_COSINE) -> torch.Tensor:
+    """:func:`twin_fraction` as a 0-d tensor on the filters' device, so that many groups need one host read."""
     n = filters.shape[0]
     if n < 2:
-        return 0.0
+        return filters.new_zeros((), dtype=torch.float32)
     flat = filters.detach().reshape(n, -1).float()
     flat = flat / flat.norm(dim=1, keepdim=True).clamp(min=1e-12)
     cosine = flat @ flat.T
     cosine.fill_diagonal_(-1.0)
-    return float((cosine.max(dim=1).values > threshold).float().mean())
+    return (cosine.max(dim=1).values > threshold).float().mean()

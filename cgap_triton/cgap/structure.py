@@ -16,7 +16,7 @@ import torch
 from ..models import GrowableNet, SizeOracle
 from ..telemetry.events import STRUCTURAL_CHANGES, StructuralChange
 from .change import WidthChange
-from .children import twin_fraction
+from .children import twin_share
 from .importance import SaliencyTracker
 from .surgery import apply_width_change
 
@@ -83,7 +83,9 @@ class Structure:
 
     def twin_fractions(self) -> dict[str, float]:
         """Per group, the share of units whose incoming filter is a near-copy of another unit's (cosine > 0.9)."""
-        return {g.name: round(twin_fraction(self.model.get_parameter(g.saliency)), 4) for g in self.model.groups}
+        groups = self.model.groups
+        shares = torch.stack([twin_share(self.model.get_parameter(g.saliency)) for g in groups]).tolist()  # one read
+        return {g.name: round(share, 4) for g, share in zip(groups, shares)}
 
     def _restore_channels_last(self) -> None:
         """Surgery's outputs are contiguous: give parameters and their optimizer state NHWC back (same objects).
