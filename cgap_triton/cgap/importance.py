@@ -59,13 +59,22 @@ class SaliencyTracker:
         self._weights = [model.get_parameter(g.saliency) for g in model.groups]
         if criterion == "consumer_taylor":
             # One consumer per group in the width-list nets; a group with several sums their columns.
+            spread = [g.name for g in model.groups if any(s.role == "consumer" for s in g.spans) or not g.consumers]
+            if spread:
+                raise ValueError(
+                    f"criterion: consumer_taylor needs every group's consumers to be whole tensors, but "
+                    f"{', '.join(spread)} feed concatenated or flattened columns; expected taylor or bn_taylor"
+                )
             self._stat_tensors = [[model.get_parameter(n) for n, _ in g.consumers] for g in model.groups]
             self._stat_dims = [[d for _, d in g.consumers] for g in model.groups]
         elif criterion == "bn_taylor":
-            self._stat_tensors = [
-                [model.get_parameter(n) for n, _ in g.producers if n.endswith(("bn.weight", "bn.bias"))]
-                for g in model.groups
-            ]
+            missing = [g.name for g in model.groups if len(g.norm_affine) != 2]
+            if missing:
+                raise ValueError(
+                    f"criterion: bn_taylor needs a BatchNorm right after each group's filters, but "
+                    f"{', '.join(missing)} have none; expected taylor or consumer_taylor"
+                )
+            self._stat_tensors = [[model.get_parameter(n) for n in g.norm_affine] for g in model.groups]
         columns = 1 if criterion in EFFECT_CRITERIA else 4
         device = next(model.parameters()).device
         self.buffers = {

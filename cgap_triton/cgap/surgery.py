@@ -21,6 +21,7 @@ from torch import nn
 
 from ..kernels import GatherGroup, GroupOutput, gather_channels_groups, reference
 from ..models import GrowableNet
+from ..models.graph import Span
 from .change import GroupChange, WidthChange
 from .children import orthogonal_filters
 
@@ -57,6 +58,7 @@ def apply_width_change(
             raise ValueError(f"change: unknown group {name!r}; the model's groups are {list(groups)}")
         if group_change.init not in INITS:
             raise ValueError(f"change.groups[{name!r}].init: expected one of {INITS}, got {group_change.init!r}")
+    before = model.widths
     for p in model.parameters():
         p.grad = None
     planner = _Planner(model, optimizer, saliency)
@@ -70,6 +72,13 @@ def apply_width_change(
         _plan_group(planner, group, group_change, change.kind)
         if _has_after_gather(group_change, change.kind):
             planner.after_gather_reads.update(qualname for qualname, _ in group.producers)
+    spans = list({(s.tensor, s.dim): s for name in change.groups for s in groups[name].spans}.values())
+    if spans:
+        if planner.after_gather_reads & {s.tensor for s in spans}:
+            _run(planner, change.kind, impl)
+            planner = _Planner(model, optimizer, saliency)
+        for span in spans:
+            _plan_span(planner, span, change, before)
     _run(planner, change.kind, impl)
     model.sync_shapes()
 
@@ -81,6 +90,9 @@ def _run(planner: _Planner, kind: str, impl: str) -> None:
         _assign_results(planner, targets, outputs)
     for group, group_change in planner.groups:
         _after_gather(planner.model, group, group_change, kind)
+    for qualname, dim, mask, value in planner.fills:
+        tensor = planner.tensor(qualname)
+        tensor.data.index_fill_(dim, mask.nonzero().view(-1).to(tensor.device), value)
 
 
 class _Planner:
@@ -100,6 +112,11 @@ class _Planner:
         self.shapes: dict[tuple[int, int], torch.Size] = {}  # (group, position) -> output shape
         self.groups: list[tuple] = []  # (group, its change) in order
         self.after_gather_reads: set[str] = set()  # tensors that planned groups' steps after the gather touch
+        self.fills: list[tuple] = []  # (span tensor, dim, new-column mask, value): parentless units' BatchNorm
+
+    def open(self, width: int) -> _Entry:
+        """A new gather (one index map of ``width`` slots): add its tensors, then close it with the map."""
+        return _Entry(self, len(self.gathers), width)
 
     def tensor(self, qualname: str) -> torch.Tensor:
         """``model.tensor(qualname)``, the module found in the table built once."""
@@ -129,6 +146,44 @@ class _Planner:
         return reference._gather([src], [gather.dims[k]], index, [scale], [std], gather.seed + k)[0]
 
 
+class _Entry:
+    """The tensors of one gather being planned; a tensor an earlier gather rewrites is read as its output."""
+
+    def __init__(self, planner: _Planner, g: int, width: int):
+        self.planner, self.g, self.width = planner, g, width
+        self.tensors, self.dims, self.scales, self.stds, self.targets = [], [], [], [], []
+        self.deferred: list[tuple] = []  # tensors this gather already holds along another dim
+
+    def add(self, tensor, dim, target, scale=None, std=0.0) -> None:
+        planner = self.planner
+        # (a parameter in a key is hashed by id, but compared by value when hashes collide: key by its id)
+        key = ("optim", id(target[1]), target[2]) if target[0] == "optim" else target
+        earlier = planner.latest.get(key)
+        if earlier is not None and earlier[0] == self.g:
+            # The group's units on both dims of one tensor (a residual block's conv between two sums): the second
+            # dim goes into a gather of its own, with the same map, that reads this one's output.
+            self.deferred.append((tensor, dim, target, scale, std))
+            return
+        shape = list(planner.shape(key, tensor))
+        self.tensors.append(tensor if earlier is None else GroupOutput(*earlier))
+        self.dims.append(dim)
+        self.scales.append(scale)
+        self.stds.append(std)
+        self.targets.append(target)
+        planner.latest[key] = (self.g, len(self.targets) - 1)
+        shape[dim] = self.width
+        planner.shapes[(self.g, len(self.targets) - 1)] = torch.Size(shape)
+
+    def close(self, index: torch.Tensor, seed: int) -> None:
+        self.planner.gathers.append(GatherGroup(self.tensors, self.dims, index, self.scales, self.stds, seed))
+        self.planner.targets.append(self.targets)
+        if self.deferred:
+            again = self.planner.open(self.width)
+            for args in self.deferred:
+                again.add(*args)
+            again.close(index, seed)
+
+
 def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
     optimizer, saliency = planner.optimizer, planner.saliency
     init, noise, seed = change.init, change.noise, change.seed
@@ -146,28 +201,18 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
             shared[parents] = 0.5
         half = torch.where(shared > 0, shared, torch.ones_like(shared))
 
-    tensors, dims, scales, stds, targets = [], [], [], [], []
-    g = len(planner.gathers)
-
-    def add(tensor, dim, target, scale=None, std=0.0):
-        # (a parameter in a key is hashed by id, but compared by value when hashes collide: key by its id)
-        key = ("optim", id(target[1]), target[2]) if target[0] == "optim" else target
-        earlier = planner.latest.get(key)
-        shape = list(planner.shape(key, tensor))
-        tensors.append(tensor if earlier is None else GroupOutput(*earlier))
-        dims.append(dim)
-        scales.append(scale)
-        stds.append(std)
-        targets.append(target)
-        planner.latest[key] = (g, len(targets) - 1)
-        shape[dim] = index.numel()
-        planner.shapes[(g, len(targets) - 1)] = torch.Size(shape)
+    entry = planner.open(index.numel())
+    add = entry.add
 
     params = planner.params
     for qualname, dim in group.producers:
         t = planner.tensor(qualname)
         std = 0.0
-        if growing and qualname == group.saliency:
+        if growing and init in PARENTLESS and dim == 0 and t.dim() >= 2:  # every filter of the group's producers
+            shape = planner.shape(("tensor", qualname), t)
+            fan_out = shape[0] * math.prod(shape[2:])
+            std = new.float() * math.sqrt(2.0 / max(1, fan_out))
+        elif growing and qualname == group.saliency:
             shape = planner.shape(("tensor", qualname), t)
             if init in PARENTLESS:
                 fan_out = shape[0] * math.prod(shape[2:])
@@ -197,9 +242,50 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
 
     if init in PARENTLESS and growing:
         index = torch.where(new, torch.full_like(index, -1), index)
-    planner.gathers.append(GatherGroup(tensors, dims, index, scales, stds, seed))
-    planner.targets.append(targets)
+    entry.close(index, seed)
     planner.groups.append((group, change))
+
+
+def _plan_span(planner: _Planner, span: Span, change: WidthChange, before: dict[str, int]) -> None:
+    """One gather for a tensor dim that holds several groups' units (or repeats them): its own index map, built
+    segment by segment from the maps of the groups in ``change``; consumer columns of new units start at zero."""
+    growing = change.kind == "grow"
+    maps, scales, news = {}, {}, {}
+    for seg in span.segments:
+        c = change.groups.get(seg.group)
+        if c is None or seg.group in maps:
+            continue
+        index, new = c.index.cpu(), c.new.cpu()
+        if growing and c.init in PARENTLESS:
+            index = torch.where(new, torch.full_like(index, -1), index)
+        maps[seg.group], news[seg.group] = index, new.float()
+        if growing:
+            old = new.logical_not().float()
+            if c.init == "split":
+                shared = torch.zeros_like(old)
+                shared[new] = 0.5
+                shared[index[new]] = 0.5
+                scales[seg.group] = torch.where(shared > 0, shared, torch.ones_like(shared))
+            else:
+                scales[seg.group] = old
+    if not maps:
+        return
+    after = change.widths(before)
+    index = span.index(before, maps)
+    entry = planner.open(index.numel())
+    tensor = planner.tensor(span.tensor)
+    consumer_scale = span.expand(after, scales, 1.0) if growing and span.role == "consumer" else None
+    entry.add(tensor, span.dim, ("tensor", span.tensor), consumer_scale)
+    p = planner.params.get(span.tensor)
+    if planner.optimizer is not None and p is not None and p in planner.optimizer.state:
+        old = span.expand(after, {k: 1 - v for k, v in news.items()}, 1.0) if growing else None
+        for key, value in planner.optimizer.state[p].items():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                entry.add(value, span.dim, ("optim", p, key), old)
+    entry.close(index, 0)
+    parentless = {k: v for k, v in news.items() if change.groups[k].init in PARENTLESS}
+    if growing and span.fill is not None and parentless and span.role == "producer":
+        planner.fills.append((span.tensor, span.dim, span.expand(after, parentless, 0.0) > 0, span.fill))
 
 
 def _assign_results(planner: _Planner, targets, results) -> None:
@@ -229,9 +315,8 @@ def _after_gather(model, group, change: GroupChange, kind) -> None:
         return
     new = change.new.to(model.get_parameter(group.saliency).device, non_blocking=True)
     if init in PARENTLESS and growing:
-        for qualname, _ in group.producers:
-            if qualname.endswith(("bn.weight", "running_var")):
-                model.tensor(qualname).data[new] = 1.0
+        for qualname in group.ones:
+            model.tensor(qualname).data[new] = 1.0
     if init == "orthogonal_zero_out" and growing:
         weight = model.tensor(group.saliency)
         weight.data[new] = orthogonal_filters(weight.data[~new], int(new.sum()), seed)

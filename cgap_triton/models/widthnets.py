@@ -34,6 +34,11 @@ class ChannelGroup:
     producers: tuple[tuple[str, int], ...]  # (qualified param/buffer name, channel dim)
     consumers: tuple[tuple[str, int], ...]
     saliency: str  # the weight whose dim-0 filters score the units (the producing conv)
+    ones: tuple[str, ...] = ()  # producers whose new parentless units start at 1 (BatchNorm γ, running variance)
+    norm_affine: tuple[str, ...] = ()  # the BatchNorm (γ, β) right after the filters, for the bn_taylor criterion
+    # Tensor dims that hold this group's units among other channels (``graph.Span``): a concatenation's consumer,
+    # a flatten's Linear, BatchNorm after a concatenation. Empty in the width-list nets.
+    spans: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class ModelSpec:
     in_channels: int = 3
     image_size: int = 32
     cfg: tuple = field(default_factory=tuple)  # VGG width list at full width
+    kwargs: dict = field(default_factory=dict)  # keyword arguments of a model by name or import path
 
     def full_widths(self) -> dict[str, int]:
         return build_model(self, None, device="meta").widths
@@ -56,11 +62,13 @@ class ModelSpec:
             "in_channels": self.in_channels,
             "image_size": self.image_size,
             "cfg": list(self.cfg),
+            "kwargs": dict(self.kwargs),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        return cls(d["arch"], d["num_classes"], d["in_channels"], d["image_size"], tuple(d["cfg"]))
+        kwargs = dict(d.get("kwargs", {}))  # files from before models by name have none
+        return cls(d["arch"], d["num_classes"], d["in_channels"], d["image_size"], tuple(d["cfg"]), kwargs)
 
 
 def conv_bn_group(name: str, conv_bn: str, consumer: str) -> ChannelGroup:
@@ -68,7 +76,14 @@ def conv_bn_group(name: str, conv_bn: str, consumer: str) -> ChannelGroup:
     producers = tuple(
         (f"{conv_bn}.{t}", 0) for t in ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
     )
-    return ChannelGroup(name, producers, ((consumer, 1),), saliency=f"{conv_bn}.conv.weight")
+    return ChannelGroup(
+        name,
+        producers,
+        ((consumer, 1),),
+        saliency=f"{conv_bn}.conv.weight",
+        ones=(f"{conv_bn}.bn.weight", f"{conv_bn}.bn.running_var"),
+        norm_affine=(f"{conv_bn}.bn.weight", f"{conv_bn}.bn.bias"),
+    )
 
 
 class GrowableNet(nn.Module):
@@ -90,8 +105,10 @@ class GrowableNet(nn.Module):
         """After surgery: make the modules' size attributes agree with their tensors again."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
+                if m.groups > 1 and m.groups == m.out_channels and m.weight.shape[1] == 1:
+                    m.groups = m.weight.shape[0]  # depthwise: its in and out channels are one group's
                 m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
                 m.num_features = m.weight.shape[0]
             elif isinstance(m, nn.Linear):
                 m.out_features, m.in_features = m.weight.shape
@@ -194,6 +211,10 @@ def build_model(
     spec: ModelSpec, widths: dict[str, int] | None = None, device: str | torch.device = "cpu"
 ) -> GrowableNet:
     """The model of ``spec`` at ``widths`` (None: full width). ``device="meta"`` builds it without memory."""
+    if ":" in spec.arch:  # a model by name or import path, its groups found by tracing (``graph``)
+        from .graph import build_graph_model
+
+        return build_graph_model(spec, widths, device)
     with torch.device(device):
         if spec.arch in RESNET_DEPTHS:
             return ResNetCifar(RESNET_DEPTHS[spec.arch], spec.num_classes, spec.in_channels, widths)
@@ -207,6 +228,20 @@ def build_model(
 def spec_from_recipe(model_cfg, num_classes: int, in_channels: int, image_size: int) -> ModelSpec:
     """Apply ``width_multiplier`` to the architecture's full widths (rounded to ``round_to``)."""
     arch = model_cfg.arch
+    if ":" in arch:
+        from .graph import GraphError, fixed_groups
+
+        if model_cfg.width_multiplier != 1:
+            raise ValueError(
+                f"model.width_multiplier: only for the width-list nets ({arch} is built as named), "
+                f"expected 1.0, got {model_cfg.width_multiplier}"
+            )
+        spec = ModelSpec(arch, num_classes, in_channels, image_size, (), dict(model_cfg.kwargs))
+        try:
+            fixed_groups(spec)  # traces it now: a model that cannot be grouped fails before anything runs
+        except GraphError as err:
+            raise ValueError(f"model.arch: {arch}: {err}") from None
+        return spec
     cfg: tuple = ()
     if arch in VGG_CFGS or arch == "vgg":
         base = model_cfg.cfg if arch == "vgg" else VGG_CFGS[arch]
@@ -261,11 +296,16 @@ class SizeOracle:
         self.spec = spec
         self._cache: dict[tuple, tuple[int, int]] = {}
         full = build_model(spec, None, device="meta")
-        group_dims: dict[str, list[tuple[int, str]]] = {}
+        # Per parameter, its dims that follow the widths: (dim, [(group or None, columns per unit or fixed)]).
+        group_dims: dict[str, dict[int, list]] = {}
         for g in full.groups:
             for name, dim in g.producers + g.consumers:
-                group_dims.setdefault(name, []).append((dim, g.name))
-        self._shapes = [(list(p.shape), group_dims.get(name, [])) for name, p in full.named_parameters()]
+                group_dims.setdefault(name, {})[dim] = [(g.name, 1)]
+            for span in g.spans:
+                group_dims.setdefault(span.tensor, {})[span.dim] = [
+                    (s.group, s.repeat) if s.group is not None else (None, s.size) for s in span.segments
+                ]
+        self._shapes = [(list(p.shape), group_dims.get(name, {})) for name, p in full.named_parameters()]
 
     def __call__(self, widths: dict[str, int]) -> tuple[int, int]:
         key = tuple(sorted(widths.items()))
@@ -278,7 +318,7 @@ class SizeOracle:
         total = 0
         for shape, dims in self._shapes:
             shape = list(shape)
-            for dim, group in dims:
-                shape[dim] = widths[group]
+            for dim, terms in dims.items():
+                shape[dim] = sum(n if group is None else widths[group] * n for group, n in terms)
             total += math.prod(shape)
         return total

@@ -77,6 +77,8 @@ class Started(Event):
     total_steps: int
     steps_per_epoch: int
     epochs: int
+    # Channels that keep their width in a model by name or import path, by producing module, with why.
+    fixed: dict[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:

@@ -1,0 +1,156 @@
+"""Models the project did not write: channel groups found by tracing, growth that keeps the function, pruning
+that keeps every unit as the identity, and a grown-then-pruned model that reloads through ``load_model``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgap_triton import load_model
+from cgap_triton.cgap import WidthChange
+from cgap_triton.cgap.change import GroupChange
+from cgap_triton.cgap.surgery import apply_width_change
+from cgap_triton.models import ModelSpec, SizeOracle, build_model, count_params
+from cgap_triton.models.graph import GraphError, fixed_groups
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/handmade.py, imported by path as users' modules are
+
+ARCHS = {
+    "torchvision:resnet18": 16,
+    "torchvision:mobilenet_v2": 16,
+    "handmade:concat_net": 8,
+}
+
+
+def spec_of(arch: str, size: int) -> ModelSpec:
+    return ModelSpec(arch, 5, 3, size, (), {})
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float32 rounding, scaled to the outputs (surgery may reorder sums)."""
+    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max())))
+
+
+def grown(model, init: str, seed: int = 0) -> WidthChange:
+    """Every group gains a third of its width (at least 1): children of random parents, or parentless."""
+    generator = torch.Generator().manual_seed(seed)
+    groups = {}
+    for name, width in model.widths.items():
+        count = max(1, width // 3)
+        parents = None  # parentless rules
+        if init in ("copy_zero_out", "split"):  # distinct parents, as the schedule picks them
+            parents = torch.randperm(width, generator=generator)[:count]
+        groups[name] = GroupChange.grow(width, parents, count, init=init, noise=0.0, seed=seed)
+    return WidthChange("grow", groups)
+
+
+def randomise_bn(model) -> None:
+    """Non-trivial BatchNorm statistics and affine terms, so that copying the wrong channel shows."""
+    generator = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_groups_cover_the_parameters_and_sizes_follow_the_widths(arch):
+    spec = spec_of(arch, ARCHS[arch])
+    model = build_model(spec, None, "meta")
+    assert model.groups, "every test model has groups that can change"
+    full = model.widths
+    assert fixed_groups(spec), "the classifier's output is fixed"
+    sizes = SizeOracle(spec)
+    half = {k: max(1, v // 2) for k, v in full.items()}
+    assert sizes.params(full) == count_params(model)
+    assert sizes.params(half) == count_params(build_model(spec, half, "meta"))
+
+
+@pytest.mark.parametrize("init", ["copy_zero_out", "split", "random_zero_out", "orthogonal_zero_out"])
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_growth_keeps_the_function(arch, init):
+    torch.manual_seed(0)
+    spec = spec_of(arch, ARCHS[arch])
+    model = build_model(spec, None, "cpu").eval()
+    randomise_bn(model)
+    x = torch.randn(3, 3, spec.image_size, spec.image_size)
+    with torch.no_grad():
+        before = model(x)
+    widths = model.widths
+    change = grown(model, init)
+    apply_width_change(model, change, impl="torch")
+    assert model.widths == change.widths(widths)
+    assert count_params(model) == SizeOracle(spec).params(model.widths)
+    with torch.no_grad():
+        after = model(x)
+    assert close(after, before), (after - before).abs().max()
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_pruning_that_keeps_every_unit_is_the_identity(arch):
+    torch.manual_seed(0)
+    spec = spec_of(arch, ARCHS[arch])
+    model = build_model(spec, None, "cpu").eval()
+    randomise_bn(model)
+    x = torch.randn(2, 3, spec.image_size, spec.image_size)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    change = WidthChange("prune", {n: GroupChange.keep(torch.arange(w)) for n, w in model.widths.items()})
+    with torch.no_grad():
+        before = model(x)
+        apply_width_change(model, change, impl="torch")
+        after = model(x)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # copies, no arithmetic
+    assert torch.equal(after, before)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_grown_then_pruned_model_reloads(arch, tmp_path):
+    torch.manual_seed(0)
+    spec = spec_of(arch, ARCHS[arch])
+    model = build_model(spec, None, "cpu")
+    apply_width_change(model, grown(model, "copy_zero_out"), impl="torch")
+    generator = torch.Generator().manual_seed(2)
+    keep = {}
+    for name, width in model.widths.items():
+        kept = torch.randperm(width, generator=generator)[: max(1, width // 2)].sort().values
+        keep[name] = GroupChange.keep(kept)
+    apply_width_change(model, WidthChange("prune", keep), impl="torch")
+    model.eval()
+    x = torch.randn(2, 3, spec.image_size, spec.image_size)
+    with torch.no_grad():
+        expected = model(x)
+    path = tmp_path / "model.pt"
+    torch.save(
+        {"spec": spec.to_dict(), "widths": model.widths, "state_dict": model.state_dict(), "mean": [0.0], "std": [1.0]},
+        path,
+    )
+    loaded = load_model(path)
+    assert loaded.widths == model.widths
+    with torch.no_grad():
+        assert close(loaded(x), expected)
+
+
+def test_grouped_convolutions_and_the_output_are_fixed():
+    fixed = fixed_groups(spec_of("torchvision:resnext50_32x4d", 32))
+    assert any("grouped convolution" in why for why in fixed.values())
+    assert fixed["fc"] == "the model's output"
+
+
+@pytest.mark.parametrize(
+    ("arch", "message"),
+    [
+        ("torchvision:resnet181", "close names: resnet18"),
+        ("no_such_package_xyz:build", "cannot import 'no_such_package_xyz'"),
+        ("handmade:missing", "'handmade' has no callable 'missing'"),
+        ("handmade:not_a_module", "expected the callable to return an nn.Module"),
+        ("torchvision:convnext_tiny", "no channel group can change width"),
+    ],
+)
+def test_models_that_cannot_be_grouped_say_why(arch, message):
+    with pytest.raises(GraphError, match=message.replace("(", r"\(")):
+        build_model(spec_of(arch, 32), None, "meta")
