@@ -40,8 +40,10 @@ def _opt(
     lo_open: bool = False,
     hi_open: bool = False,
     doc: str = "",
+    also: tuple[Any, str] | None = None,
 ) -> Any:
-    meta = {"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "doc": doc}
+    """A recipe field; ``also`` = (predicate, description) admits values outside ``choices`` that match."""
+    meta = {"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "doc": doc, "also": also}
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -55,7 +57,11 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = _opt("digits", choices=("digits", "cifar10", "cifar100", "svhn", "shapes"))
+    name: str = _opt(
+        "digits",
+        choices=("digits", "cifar10", "cifar100", "svhn", "shapes", "imagefolder"),
+        doc="imagefolder: data.root holds train/ and val/, one subfolder of images per class; val/ is the test split",
+    )
     root: str = _opt("data")
     download: bool = _opt(False)
     batch_size: int = _opt(128, lo=1)
@@ -64,18 +70,42 @@ class DataConfig:
     split_seed: int = _opt(
         0, lo=0, hi=SEED_LIMIT, doc="seed of the validation/test split, shared by every run on the data"
     )
-    augment: str = _opt("auto", choices=("auto", "none", "crop", "crop_flip"))
+    augment: str = _opt(
+        "auto",
+        choices=("auto", "none", "crop", "crop_flip", "rrc_flip"),
+        doc="crop, crop_flip: shifts within 4 px of zero padding (+ flips), for the small data sets held whole; "
+        "rrc_flip: random resized crop + flip, imagefolder only; auto: crop_flip on CIFAR, rrc_flip on imagefolder, "
+        "none otherwise",
+    )
     train_size: int = _opt(0, lo=0, doc="0: every training image; otherwise the first N (shuffled) images")
     shapes_classes: int = _opt(10, lo=2, doc='"shapes" (synthetic) only: number of classes')
     shapes_images: int = _opt(20000, lo=1, doc='"shapes" only: images generated for the training + validation splits')
     shapes_seed: int = _opt(
         0, lo=0, hi=SEED_LIMIT, doc='"shapes" only: seed of the generated images, shared by every run on them'
     )
+    image_size: int = _opt(
+        0,
+        lo=0,
+        doc='side of the square images the model sees, "imagefolder" only (its files vary in size; the other data '
+        "sets have their own); 0: the data set's own size, 224 for imagefolder",
+    )
+    workers: int = _opt(
+        -1,
+        lo=-1,
+        doc='"imagefolder" only: processes decoding images per rank; 0: the training process itself; '
+        "-1: one per CPU this rank may use, less one for training, at most 8",
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = _opt("vgg19", choices=("vgg", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet56", "resnet110"))
+    arch: str = _opt(
+        "vgg19",
+        choices=("vgg", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet56", "resnet110"),
+        also=(lambda v: ":" in v, '"torchvision:NAME" or "package.module:callable"'),
+        doc="a width-list net, or any CNN by name (torchvision:resnet18) or import path (my_package.models:build)",
+    )
+    kwargs: dict = _opt({}, doc="keyword arguments of a model by name or import path (num_classes comes from the data)")
     cfg: list = _opt([], doc='VGG width list for arch = "vgg": ints are 3x3 convs, "M" a 2x2 max-pool')
     num_classes: int = _opt(0, lo=0, doc="0: from the data set")
     round_to: int = _opt(8, lo=1)
@@ -351,6 +381,10 @@ def _check_value(key: str, value: Any, expected: Any, meta: Mapping[str, Any], s
     elif expected is list:
         if not isinstance(value, list):
             return bad("a list [...]")
+    elif expected is dict and key.endswith("kwargs"):
+        if not isinstance(value, Mapping):
+            return bad("a table of keyword arguments, such as {dropout = 0.2}")
+        return dict(value)
     elif expected is dict:
         if not isinstance(value, Mapping):
             return bad("a table of channel group → width, such as {conv1 = 8, conv2 = 20}")
@@ -363,11 +397,11 @@ def _check_value(key: str, value: Any, expected: Any, meta: Mapping[str, Any], s
             problems.append(f"{source}: {key}: expected widths that are integers >= 1, got {', '.join(wrong)}")
             return _INVALID
         return dict(value)
-    choices = meta.get("choices")
-    if choices and value not in choices:
+    choices, also = meta.get("choices"), meta.get("also")
+    if choices and value not in choices and not (also and isinstance(value, str) and also[0](value)):
         near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        return bad(f"one of {', '.join(repr(c) for c in choices)}{hint}")
+        return bad(f"one of {', '.join(repr(c) for c in choices)}{f', or {also[1]}' if also else ''}{hint}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if expected is int and hi is None:
         hi = INT_LIMIT
@@ -398,6 +432,28 @@ def _check_combinations(recipe: Recipe, source: str, problems: list[str]) -> Non
         problems.append(
             f'{source}: model.cfg: only used with model.arch = "vgg" (arch is {model.arch!r}), got {model.cfg}'
         )
+    if ":" in model.arch:
+        from .models.graph import GraphError, resolve_factory
+
+        try:
+            resolve_factory(model.arch)
+        except GraphError as err:
+            problems.append(f"{source}: model.arch: {model.arch}: {err}")
+        if model.width_multiplier != 1:
+            problems.append(
+                f"{source}: model.width_multiplier: only for the width-list nets ({model.arch} is built as named), "
+                f"expected 1.0, got {model.width_multiplier}"
+            )
+        if cgap.grow.enabled and cgap.grow.cap_fraction > 1:
+            problems.append(
+                f"{source}: cgap.grow.cap_fraction: {model.arch} is grown up to the widths it is built with, so "
+                f"expected at most 1.0, got {cgap.grow.cap_fraction}"
+            )
+    elif model.kwargs:
+        problems.append(
+            f"{source}: model.kwargs: only for a model by name or import path (arch is {model.arch!r}), "
+            f"got {model.kwargs}"
+        )
     if recipe.optim.schedule == "step":
         ms = recipe.optim.milestones
         if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 1 for m in ms):
@@ -427,6 +483,7 @@ def _check_combinations(recipe: Recipe, source: str, problems: list[str]) -> Non
         problems.append(
             f"{source}: optim.warmup_epochs: expected at most train.epochs ({epochs}), got {recipe.optim.warmup_epochs}"
         )
+    _check_data(recipe.data, source, problems)
     if recipe.data.val_size == 0 and (cgap.grow.enabled or cgap.prune.enabled):
         problems.append(
             f"{source}: data.val_size: growth and pruning decide on validation accuracy, so expected at least 1 "
@@ -435,6 +492,27 @@ def _check_combinations(recipe: Recipe, source: str, problems: list[str]) -> Non
     if not cgap.grow.enabled and cgap.seed_fraction < 1 and recipe.cgap.prune.enabled:
         problems.append(
             f"{source}: cgap.seed_fraction: a run without growth starts at full width (1.0), got {cgap.seed_fraction}"
+        )
+
+
+def _check_data(data: DataConfig, source: str, problems: list[str]) -> None:
+    """Keys that belong to one kind of data: the held-whole sets (crop augmentation) or imagefolder (crop size)."""
+    if data.name == "imagefolder":
+        if data.augment in ("crop", "crop_flip"):
+            problems.append(
+                f'{source}: data.augment: "crop" and "crop_flip" shift small images within a zero padding; '
+                f'imagefolder expected "rrc_flip" (random resized crop + flip), "none" or "auto", got {data.augment!r}'
+            )
+        return
+    if data.image_size:
+        problems.append(
+            f'{source}: data.image_size: only used with data.name = "imagefolder" (the other data sets have their '
+            f"own size; name is {data.name!r}), expected 0, got {data.image_size}"
+        )
+    if data.augment == "rrc_flip":
+        problems.append(
+            f'{source}: data.augment: "rrc_flip" (random resized crop) is for data.name = "imagefolder"; '
+            f'{data.name} expected "crop", "crop_flip", "none" or "auto", got "rrc_flip"'
         )
 
 

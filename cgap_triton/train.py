@@ -25,7 +25,7 @@ from . import runfolder, signals
 from .cgap import SaliencyTracker, Schedule, Structure, WidthChange
 from .checkpoint import CheckpointError, atomic_save, atomic_write_text, load_checkpoint, validate_checkpoint
 from .compile import CompiledModel
-from .data import Batches, DataError, Dataset, load_dataset
+from .data import DataError, Dataset, load_dataset, make_batches
 from .distributed import World, all_reduce_mean_, any_rank, broadcast_value, init_from_env, shutdown, verify_identical
 from .environment import resolve_device  # noqa: F401 — the trainer's public helper since the first release
 from .models import ModelSpec, SizeOracle, build_model, seed_widths, spec_from_recipe
@@ -149,7 +149,7 @@ class CGaPRecipe:
         if r.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = self._make_optimizer()
-        self.batches = Batches(
+        self.batches = make_batches(
             self.train_split,
             r.data.batch_size,
             self.data.mean,
@@ -247,6 +247,7 @@ class CGaPRecipe:
                 total_steps=self.schedule.total_steps,
                 steps_per_epoch=len(self.batches),
                 epochs=r.train.epochs,
+                fixed=dict(getattr(self.model, "fixed", {})),
             )
         )
         if not state:
@@ -511,7 +512,7 @@ class CGaPRecipe:
     def evaluate(self, split) -> tuple[float, float]:
         """(accuracy, mean loss) of the raw model in eval mode."""
         self.model.eval()
-        batches = Batches(
+        batches = make_batches(
             split,
             max(256, self.recipe.data.batch_size * 2),
             self.data.mean,

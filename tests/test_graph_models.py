@@ -3,6 +3,7 @@ that keeps every unit as the identity, and a grown-then-pruned model that reload
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -154,3 +155,96 @@ def test_grouped_convolutions_and_the_output_are_fixed():
 def test_models_that_cannot_be_grouped_say_why(arch, message):
     with pytest.raises(GraphError, match=message.replace("(", r"\(")):
         build_model(spec_of(arch, 32), None, "meta")
+
+
+# ------------------------------------------------------------------------------------------------ the real CLI
+
+RESNET18_FOLDER = [
+    "data.image_size=16",
+    "data.batch_size=6",
+    "data.val_size=6",
+    "data.workers=0",
+    "train.device=cpu",
+    "train.precision=fp32",
+    "train.channels_last=false",
+    "train.epochs=4",
+    "train.log_every=2",
+    "optim.warmup_epochs=0",
+    "cgap.grow.every=0.5",
+    "cgap.grow.rate=0.5",
+    "cgap.grow.until=0.45",
+    "cgap.stabilize=0.05",
+    "cgap.prune.every=0.5",
+    "compile.enabled=false",
+    "dashboard.enabled=false",
+    "checkpoint.every=2",
+]
+
+
+def test_cli_grows_and_prunes_resnet18_on_an_image_folder(tmp_path):
+    from cli_runner import ROOT, cli
+    from test_imagefolder import make_tree
+
+    tree = make_tree(tmp_path / "images", train=10, val=2)
+    out = tmp_path / "run"
+    recipe = str(ROOT / "recipes" / "resnet18_imagefolder.toml")
+    result = cli("recipe", recipe, f"data.root={tree}", *RESNET18_FOLDER, "--out", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("summary.json", "metrics.jsonl", "model.pt", "checkpoint.pt", "recipe.toml", "growth.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["growth_steps"] >= 1 and summary["pruning_steps"] >= 1
+    assert summary["data"] == "imagefolder"
+    assert set(summary["widths"]) == set(summary["widths_full"]) and "layer4.0.conv1" in summary["widths"]
+    start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["fixed"] == {"fc": "the model's output"}  # the run says which channels keep their width
+    model = load_model(out / "model.pt")
+    assert model.widths == summary["widths"]
+    assert count_params(model) == summary["params"]
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 3)
+
+
+def cli_with_tests_on_path(*args, timeout=300):
+    """The CLI with tests/ importable, as a user's own package would be."""
+    import os
+    import subprocess
+
+    from cli_runner import ROOT
+
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "TRITON_INTERPRET": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "cgap_triton", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
+
+
+def test_cli_runs_a_model_by_import_path(tmp_path):
+    from cli_runner import ROOT
+
+    recipe = str(ROOT / "recipes" / "shapes_vgg.toml")
+    args = ["model.arch=handmade:concat_net", "model.cfg=[]", "model.kwargs={width = 6}", "model.round_to=2"]
+    args += ["data.shapes_images=600", "data.val_size=100", "data.test_size=100", "train.epochs=2"]
+    args += ["cgap.grow.every=0.25", "cgap.prune.every=0.25", "cgap.stabilize=0.05", "train.log_every=5"]
+    out = tmp_path / "run"
+    result = cli_with_tests_on_path("recipe", recipe, *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["growth_steps"] >= 1 and summary["pruning_steps"] >= 1
+    assert summary["widths_full"]["stem"] == 6  # model.kwargs reached the callable
+    sys.modules.pop("handmade", None)
+    model = load_model(out / "model.pt")
+    assert model.widths == summary["widths"]
+
+
+def test_cli_refuses_models_it_cannot_build_before_anything_runs(tmp_path):
+    from cli_runner import QUICK
+
+    out = tmp_path / "run"
+    # digits are 1-channel 8x8 images; the hand-made net takes 3 channels
+    result = cli_with_tests_on_path(
+        "recipe", QUICK, "model.arch=handmade:concat_net", "model.cfg=[]", "--out", str(out)
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "model.arch: handmade:concat_net" in result.stderr and not out.exists()
+    result = cli_with_tests_on_path("recipe", QUICK, "model.arch=torchvision:resnet181", "model.cfg=[]")
+    assert result.returncode == 2 and "close names: resnet18" in result.stderr

@@ -15,6 +15,7 @@ graph keeps the old AccumulateGrad nodes, whose stale shapes fail the next backw
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -103,9 +104,10 @@ class _Planner:
 
     def __init__(self, model, optimizer, saliency):
         self.model, self.optimizer, self.saliency = model, optimizer, saliency
-        self.params = dict(model.named_parameters())
-        # Modules by name, for the many lookups of a change (``model.tensor`` walks the path each time).
-        self.modules = dict(model.named_modules()) if type(model).tensor is GrowableNet.tensor else None
+        # Parameters and modules by name, for the many lookups of a change (``model.tensor`` walks the path each
+        # time); built once per model, since surgery keeps every module and Parameter object.
+        self.params, modules = _tables(model)
+        self.modules = modules if type(model).tensor is GrowableNet.tensor else None
         self.gathers: list[GatherGroup] = []
         self.targets: list[list[tuple]] = []
         self.latest: dict[tuple, tuple[int, int]] = {}  # target -> (group, position) of the output holding it
@@ -144,6 +146,17 @@ class _Planner:
         std = std.to(src.device, non_blocking=True) if isinstance(std, torch.Tensor) else std
         index = gather.index.to(src.device, non_blocking=True)
         return reference._gather([src], [gather.dims[k]], index, [scale], [std], gather.seed + k)[0]
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tables(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, nn.Module]]:
+    """``model``'s parameters and modules by name, kept while the model lives (surgery adds or removes none)."""
+    cached = _TABLES.get(model)
+    if cached is None:
+        cached = _TABLES[model] = (dict(model.named_parameters()), dict(model.named_modules()))
+    return cached
 
 
 class _Entry:

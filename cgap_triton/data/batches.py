@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 from einops import rearrange
 
+from .imagefolder import FolderBatches, FolderSplit
 from .splits import Split
 
 
@@ -93,3 +94,15 @@ class Batches:
         batch = torch.arange(n, device=device).view(n, 1, 1)
         # One gather over (image, row, col) moves all channels at once; the result is NHWC in memory.
         return rearrange(padded.permute(0, 2, 3, 1)[batch, rows, cols], "n h w c -> n c h w")
+
+
+def make_batches(
+    split: Split | FolderSplit, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...], **kwargs
+) -> Batches | FolderBatches:
+    """The batches of ``split``, whichever kind it is: ``Batches`` for a split held whole as tensors,
+    ``FolderBatches`` for one streamed from files. Keywords both take (augment, shuffle, drop_last, seed,
+    channels_last, shard) mean the same in both; the trainer builds every batch through here, so it need
+    not know which kind of data set it trains on."""
+    if isinstance(split, FolderSplit):
+        return FolderBatches(split, batch_size, mean, std, **kwargs)
+    return Batches(split, batch_size, mean, std, **kwargs)

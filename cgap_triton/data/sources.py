@@ -1,6 +1,7 @@
 """Data sources: scikit-learn's bundled digits (offline), CIFAR-10/100 and SVHN through torchvision's classes
 from a local folder, and the synthetic "shapes" (``shapes.py``); each becomes uint8 splits with a validation
-split carved with ``data.split_seed``."""
+split carved with ``data.split_seed``. A folder of image files (``imagefolder.py``) becomes splits of paths,
+carved the same way."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from einops import rearrange
 
 from ..recipe import DataConfig
+from .imagefolder import load_folders, sample_images
 from .shapes import make_shapes
 from .splits import DataError, Dataset, Split
 
@@ -23,7 +25,14 @@ _FILES = {
     # The papers train SVHN on train + extra, so extra is required, not optional.
     "svhn": ("", ["train_32x32.mat", "extra_32x32.mat", "test_32x32.mat"]),
 }
-_AUTO_AUGMENT = {"digits": "none", "cifar10": "crop_flip", "cifar100": "crop_flip", "svhn": "none", "shapes": "none"}
+_AUTO_AUGMENT = {
+    "digits": "none",
+    "cifar10": "crop_flip",
+    "cifar100": "crop_flip",
+    "svhn": "none",
+    "shapes": "none",
+    "imagefolder": "rrc_flip",
+}
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -32,6 +41,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         train, test, classes = _digits(cfg)
     elif cfg.name == "shapes":
         train, test, classes = make_shapes(cfg)
+    elif cfg.name == "imagefolder":
+        train, test, classes = load_folders(cfg)
     else:
         train, test, classes = _torchvision(cfg)
     if cfg.val_size >= len(train):
@@ -43,7 +54,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     val, rest = train.subset(order[: cfg.val_size]), train.subset(order[cfg.val_size :])
     if cfg.train_size:
         rest = rest.subset(torch.arange(min(cfg.train_size, len(rest))))
-    mean, std = channel_mean_std(rest.images)
+    # Images from files: measured on a fixed sample of the training images (decoding all would take an epoch).
+    mean, std = channel_mean_std(rest.images if isinstance(rest, Split) else sample_images(rest, seed=cfg.split_seed))
     augment = _AUTO_AUGMENT[cfg.name] if cfg.augment == "auto" else cfg.augment
     return Dataset(cfg.name, rest, val, test, classes, mean, std, augment, synthetic=cfg.name == "shapes")
 

@@ -30,6 +30,8 @@ The groups are checked against Torch-Pruning's where it is installed (``tests/te
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from dataclasses import dataclass, field
 
@@ -212,7 +214,8 @@ def analyse(net: nn.Module, example: torch.Tensor, prefix: str = "") -> Analysis
     was_training = net.training
     graph_module.eval()  # BatchNorm in training mode refuses one value per channel
     try:
-        ShapeProp(graph_module).propagate(example)
+        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback of a failing node
+            ShapeProp(graph_module).propagate(example)
     except Exception as err:
         raise GraphError(
             f"it fails on a {tuple(example.shape)} input ({type(err).__name__}: "
@@ -525,8 +528,14 @@ def _analysis(spec) -> Analysis:
             net = instantiate(spec.arch, spec.kwargs, spec.num_classes)
             device = "cpu"
         example = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size, device=device)
+        try:
+            out = _output_shape(net, example)
+        except Exception as err:
+            raise GraphError(
+                f"it fails on a {tuple(example.shape)} input ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''})"
+            ) from None
         analysis = analyse(net, example, prefix="net.")
-        out = _output_shape(net, example)
         if out is not None and tuple(out) != (2, spec.num_classes):
             raise GraphError(f"it returns outputs of shape {tuple(out)} for 2 images; expected (2, {spec.num_classes})")
         if not analysis.groups:

@@ -103,7 +103,11 @@ class GrowableNet(nn.Module):
 
     def sync_shapes(self) -> None:
         """After surgery: make the modules' size attributes agree with their tensors again."""
-        for m in self.modules():
+        resizable = self.__dict__.get("_resizable")
+        if resizable is None:  # found once: surgery never adds or removes modules
+            kinds = (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.Linear)
+            resizable = self.__dict__["_resizable"] = [m for m in self.modules() if isinstance(m, kinds)]
+        for m in resizable:
             if isinstance(m, nn.Conv2d):
                 if m.groups > 1 and m.groups == m.out_channels and m.weight.shape[1] == 1:
                     m.groups = m.weight.shape[0]  # depthwise: its in and out channels are one group's
