@@ -7,6 +7,7 @@ gradients before :meth:`TrainStep.update` (nan_policy "skip"), and DDP lives in 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -61,3 +62,48 @@ class TrainStep:
         self.backward(loss)
         self.update(step)
         return loss, logits
+
+
+class LearningRate:
+    """The learning rate at every step: linear warm-up, then step (milestones), cosine or constant."""
+
+    def __init__(self, optim_cfg, total_steps: int, steps_per_epoch: int):
+        self.cfg, self.total_steps = optim_cfg, total_steps
+        self.warmup = optim_cfg.warmup_epochs * steps_per_epoch
+
+    def __call__(self, step: int) -> float:
+        o = self.cfg
+        progress = step / self.total_steps
+        if self.warmup and step < self.warmup:
+            return o.lr * (step + 1) / self.warmup
+        if o.schedule == "constant":
+            return o.lr
+        if o.schedule == "cosine":
+            return 0.5 * o.lr * (1 + math.cos(math.pi * progress))
+        return o.lr * 0.1 ** sum(progress >= m for m in o.milestones)
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        lr = self(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches, autocast) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(correct, summed loss) as device tensors, and the image count, of ``model`` in eval mode over ``batches``;
+    ``autocast()`` gives the forward's precision. The model is left in training mode."""
+    model.eval()
+    correct = total_loss = None
+    images = 0
+    for x, y in batches:
+        with autocast():
+            logits = model(x).float()
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        hits = (logits.argmax(1) == y).sum()
+        correct = hits if correct is None else correct + hits
+        total_loss = loss if total_loss is None else total_loss + loss
+        images += y.numel()
+    model.train()
+    if correct is None:
+        correct = total_loss = torch.zeros(())
+    return correct, total_loss, images

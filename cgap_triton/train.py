@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from . import runfolder, signals
 from .cgap import SaliencyTracker, Schedule, Structure, WidthChange
@@ -28,34 +25,17 @@ from .compile import CompiledModel
 from .data import DataError, Dataset, load_dataset, make_batches
 from .distributed import World, all_reduce_mean_, any_rank, broadcast_value, init_from_env, shutdown, verify_identical
 from .environment import resolve_device  # noqa: F401 — the trainer's public helper since the first release
-from .models import ModelSpec, SizeOracle, build_model, seed_widths, spec_from_recipe
+from .health import Health, TrainingStopped
+from .models import ModelSpec, SizeOracle, build_model, spec_from_recipe, starting_widths
 from .recipe import Recipe, RecipeError, build_recipe, to_toml
+from .runstate import Progress, checkpoint_state, restore
+from .runstate import summary as run_summary
 from .signals import Interrupted
-from .step import TrainStep
+from .step import LearningRate, TrainStep, evaluate
 from .telemetry import JsonlSink, StdoutSink, Telemetry
-from .telemetry.events import CheckpointSaved, Evaluated, Finished, PhaseChanged, SkippedStep, Started, Stopped
+from .telemetry.events import CheckpointSaved, Evaluated, Finished, PhaseChanged, Started
 
 __all__ = ["CGaPRecipe", "Interrupted", "Progress", "TrainingStopped"]
-
-
-class TrainingStopped(Exception):
-    """The run cannot go on (a non-finite loss or weights); the message says where and why."""
-
-
-@dataclass
-class Progress:
-    """Everything the loop counts; saved in checkpoints."""
-
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0  # batches done within ``epoch``
-    train_macs: int = 0
-    train_macs_dense: int = 0
-    skipped_steps: int = 0
-    skipped_in_a_row: int = 0
-    val_accuracy: float = 0.0
-    phases: list[dict] = field(default_factory=list)  # phase boundaries
-    wall_seconds: float = 0.0
 
 
 class CGaPRecipe:
@@ -78,7 +58,6 @@ class CGaPRecipe:
         self.latch = latch or signals.SignalLatch()
         self._stop_requested = False
         self._previous_handlers: dict | None = None
-        self._first_bad: torch.Tensor  # [step, loss] of the first non-finite loss since the start; step -1: none
         self.world = World()
         self.folder = runfolder.RunFolder(self.out_dir)
         self.finished = False
@@ -130,19 +109,10 @@ class CGaPRecipe:
         self.sizes = SizeOracle(self.spec)
         self.widths_full = self.spec.full_widths()
         self.params_full, self.macs_full = self.sizes(self.widths_full)
-        self.widths_seed = seed_widths(self.widths_full, r.cgap.seed_fraction, r.model.round_to)
-        # model.widths: the run starts at these widths instead (a group it does not name, at its seed width).
-        full, named = self.widths_full, r.model.widths
-        unknown = [k for k in named if k not in full]
-        problems = [f"model.widths: unknown groups {', '.join(unknown)}; expected names among {', '.join(full)}"]
-        problems = (problems if unknown else []) + [
-            f"model.widths: {k}: expected at most the group's full width {full[k]}, got {v}"
-            for k, v in named.items()
-            if k in full and v > full[k]
-        ]
-        if problems:
-            raise RecipeError(problems)
-        self.widths_seed = {**self.widths_seed, **named}
+        try:
+            self.widths_seed = starting_widths(self.widths_full, r.cgap.seed_fraction, r.model.round_to, r.model.widths)
+        except ValueError as err:
+            raise RecipeError(str(err).splitlines()) from None
 
         widths = state["widths"] if state else self.widths_seed
         self.model = build_model(self.spec, widths, device=self.device)
@@ -194,9 +164,9 @@ class CGaPRecipe:
         self.progress = Progress()
         self._restored_compile: dict[str, Any] = {}  # compile counts of the run's earlier processes
         self._validated: tuple[tuple[int, int], float] | None = None  # ((step, changes), accuracy)
-        self._first_bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=self.device)
+        self.lr = LearningRate(r.optim, self.schedule.total_steps, len(self.batches))
         if state:
-            self._restore(state)
+            self.progress, self._restored_compile = restore(self, state, self.out_dir / "checkpoint.pt")
 
         sinks = []
         if self.world.is_main:  # only rank 0 writes the run folder and talks to the user
@@ -214,6 +184,9 @@ class CGaPRecipe:
             else:
                 sinks.append(StdoutSink())
         self.telemetry = Telemetry(sinks)
+        self.health = Health(
+            r.train, self.device, where=self._where, kept=self._kept_checkpoint, log_event=self.telemetry.log_event
+        )
         self.compiled = CompiledModel(
             self._wrap(),
             r.compile,
@@ -281,16 +254,7 @@ class CGaPRecipe:
     # ------------------------------------------------------------------------------------------ loop
 
     def lr_at(self, step: int) -> float:
-        o, total = self.recipe.optim, self.schedule.total_steps
-        progress = step / total
-        warmup = o.warmup_epochs * len(self.batches)
-        if warmup and step < warmup:
-            return o.lr * (step + 1) / warmup
-        if o.schedule == "constant":
-            return o.lr
-        if o.schedule == "cosine":
-            return 0.5 * o.lr * (1 + math.cos(math.pi * progress))
-        return o.lr * 0.1 ** sum(progress >= m for m in o.milestones)
+        return self.lr(step)
 
     def train(self) -> dict[str, Any]:
         r, p = self.recipe, self.progress
@@ -315,17 +279,17 @@ class CGaPRecipe:
                     window["images"] += y.numel()
                 del loss
                 if p.step % r.train.log_every == 0 or self._stop_requested:
-                    self.check_health()
+                    self.health.check()
                 if p.step % r.train.log_every == 0:
                     self._log_window(window)
                 if self.schedule.due(p.step):
-                    self.check_health()
+                    self.health.check()
                     self._decide()
                 p.wall_seconds = time.perf_counter() - started
                 if self._stop_requested:
                     self.save_checkpoint()
                     raise Interrupted(self.latch.signum or signal.SIGTERM)
-            self.check_health()
+            self.health.check()
             p.epoch += 1
             p.batch = 0
             p.val_accuracy = self._validation_accuracy()
@@ -337,9 +301,7 @@ class CGaPRecipe:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         p = self.progress
-        lr = self.lr_at(p.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.lr.apply(self.optimizer, p.step)
         self.model.train()
         loss, logits = self.step.forward(x, y)
         if self.world.distributed or self.recipe.train.nan_policy == "skip":
@@ -352,21 +314,20 @@ class CGaPRecipe:
             # One process, nan_policy "stop": remember the first bad step on the device, without waiting
             # for the GPU; check_health() reads it before anything is logged, decided or saved.
             not_finite, self._stop_requested = False, self.latch.signum is not None
-            bad = torch.isfinite(loss).logical_not() & (self._first_bad[0] < 0)
-            seen = torch.stack([loss.new_tensor(p.step + 1, dtype=torch.float64), loss.detach().double()])
-            self._first_bad.copy_(torch.where(bad, seen, self._first_bad))
+            self.health.watch(loss, p.step + 1)
         if not_finite:
             if self.recipe.train.nan_policy == "stop":
-                self._stop_on_bad_loss(p.step + 1, loss.item())
-            return self._skip(f"loss is {loss.item()}")
+                self.health.stop_on_bad_loss(p.step + 1, loss.item())
+            self.health.skip(p, f"loss is {loss.item()}")
+            return None, None
         self.step.backward(loss)
         if self.recipe.train.nan_policy == "skip":
-            grads = [q.grad for q in self.model.parameters() if q.grad is not None]
-            finite = torch.stack(torch._foreach_norm(grads)).isfinite().all()
+            finite = self.health.gradients_finite(self.model.parameters())
             (not_finite,) = any_rank([not bool(finite)], self.world, self.device)
             if not_finite:  # a finite loss can still overflow a gradient: such a step never reaches the weights
                 self.optimizer.zero_grad(set_to_none=False)
-                return self._skip("gradients are not finite")
+                self.health.skip(p, "gradients are not finite")
+                return None, None
         p.skipped_in_a_row = 0
         self.step.update(p.step)
         p.step += 1
@@ -375,47 +336,17 @@ class CGaPRecipe:
         p.train_macs_dense += 3 * self.macs_full * batch
         return loss.detach() * y.numel(), (logits.detach().argmax(1) == y).sum()
 
-    def _skip(self, why: str) -> tuple[None, None]:
-        """Skip this step (nan_policy "skip"); stop the run once skipping is the rule, not the exception."""
-        p, t = self.progress, self.recipe.train
-        where = f"step {p.step + 1} (epoch {p.epoch}, phase {self.schedule.phase}): {why}"
-        self.telemetry.log_event(SkippedStep(step=p.step + 1, reason=where))
-        p.skipped_steps += 1
-        p.skipped_in_a_row += 1
-        p.step += 1
-        too_many = p.skipped_steps >= t.skip_limit and p.skipped_steps > t.skip_fraction * p.step
-        if p.skipped_in_a_row >= t.skip_limit or too_many:
-            self.telemetry.log_event(Stopped(step=p.step, reason=where))
-            raise TrainingStopped(
-                f"{where}; {p.skipped_in_a_row} steps skipped in a row and {p.skipped_steps} of {p.step} in all "
-                f"(limits: train.skip_limit = {t.skip_limit} in a row, train.skip_fraction = {t.skip_fraction} of "
-                f"all steps), so the run stopped; {self._kept_checkpoint()}. Lower optim.lr."
-            )
-        return None, None
-
     def _kept_checkpoint(self) -> str:
         checkpoint = self.out_dir / "checkpoint.pt"
         if checkpoint.is_file():
             return f"the last good checkpoint is {checkpoint} (resume with --resume {self.out_dir})"
         return "no checkpoint was written before it"
 
-    def check_health(self) -> None:
-        """Stop the run if a step since the last check had a non-finite loss (nan_policy "stop")."""
-        step, value = self._first_bad.tolist()
-        if step >= 0:
-            self._stop_on_bad_loss(int(step), value)
-
-    def _stop_on_bad_loss(self, step: int, value: float) -> None:
-        # Phases change only in _decide, after a health check: the current phase is the bad step's.
-        epoch = (step - 1) // len(self.batches)
-        where = f"step {step} (epoch {epoch}, phase {self.schedule.phase}): loss is {value}"
-        if self.world.distributed:
-            where += f" (on rank {self.world.rank}, or another rank)"
-        kept = self._kept_checkpoint()
-        self.telemetry.log_event(Stopped(step=step, reason=where))
-        raise TrainingStopped(
-            f'{where}; the run stopped, {kept}. Lower optim.lr, or set train.nan_policy="skip" to skip such batches.'
-        )
+    def _where(self, step: int) -> str:
+        """A step, for messages: its epoch and phase (phases change only in _decide, after a health check), and
+        on several ranks that any of them may be the one."""
+        where = f"step {step} (epoch {max(0, step - 1) // len(self.batches)}, phase {self.schedule.phase})"
+        return where + (f" (on rank {self.world.rank}, or another rank)" if self.world.distributed else "")
 
     def _log_window(self, window: dict) -> None:
         p = self.progress
@@ -508,10 +439,8 @@ class CGaPRecipe:
         self._validated = (key, accuracy)
         return accuracy
 
-    @torch.no_grad()
     def evaluate(self, split) -> tuple[float, float]:
         """(accuracy, mean loss) of the raw model in eval mode."""
-        self.model.eval()
         batches = make_batches(
             split,
             max(256, self.recipe.data.batch_size * 2),
@@ -519,59 +448,27 @@ class CGaPRecipe:
             self.data.std,
             channels_last=self.recipe.train.channels_last,
         )
-        correct = torch.zeros((), device=self.device)
-        total_loss = torch.zeros((), device=self.device)
-        for x, y in batches:
-            with self.step.autocast():
-                logits = self.model(x).float()
-            total_loss += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-        self.model.train()
+        correct, total_loss, _ = evaluate(self.model, batches, self.step.autocast)
         n = max(1, len(split))
         return float(correct) / n, float(total_loss) / n
 
     # ------------------------------------------------------------------------------------------ saving
 
     def _check_finite_weights(self, what: str) -> None:
-        """No non-finite weight ever reaches a file: a run whose weights broke stops instead."""
-        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
-        if bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
-            return
         p = self.progress
-        where = f"step {p.step} (epoch {p.epoch}, phase {self.schedule.phase})"
-        self.telemetry.log_event(Stopped(step=p.step, reason=f"{where}: weights not finite"))
-        raise TrainingStopped(
-            f"{where}: the weights are not finite, so {what} was not written; {self._kept_checkpoint()}. "
-            "Lower optim.lr."
+        self.health.check_weights(
+            self.model, p.step, what, f"step {p.step} (epoch {p.epoch}, phase {self.schedule.phase})"
         )
 
     def save_checkpoint(self) -> None:
-        self.check_health()  # never save weights that a non-finite loss has already touched
+        self.health.check()  # never save weights that a non-finite loss has already touched
         self._check_finite_weights("the checkpoint")
         if not self.world.is_main:
             return
         p = self.progress
         self.telemetry.flush()
-        state = {
-            "format": 2,
-            "recipe": self.recipe.to_dict(),
-            "recipe_name": self.recipe_name,
-            "spec": self.spec.to_dict(),
-            "widths": self.model.widths,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "saliency": self.tracker.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "structure": self.structure.state_dict(),
-            "progress": {k: getattr(p, k) for k in p.__dataclass_fields__},
-            "compile": self.compiled.state(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            },
-            # metrics.jsonl up to here belongs to this checkpoint; a resume cuts off what came after.
-            "metrics_bytes": _file_size(self.out_dir / "metrics.jsonl"),
-        }
+        # metrics.jsonl up to here belongs to this checkpoint; a resume cuts off what came after.
+        state = checkpoint_state(self, _file_size(self.out_dir / "metrics.jsonl"))
         try:
             atomic_save(state, self.out_dir / "checkpoint.pt")
         except OSError as err:  # a full disk, say: the run cannot go on, and the user's input was fine
@@ -593,30 +490,6 @@ class CGaPRecipe:
             )
         self.recipe_name = state.get("recipe_name", self.recipe_name)
 
-    def _restore(self, state: dict) -> None:
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.tracker.load_state_dict(state["saliency"])
-            self.schedule.load_state_dict(dict(state["schedule"]))
-            progress = dict(state["progress"])
-            structure = state.get("structure") or {  # format 1 kept these in progress
-                "peak_params": progress.pop("peak_params"),
-                "counts": progress.pop("change_counts"),
-                "trajectory": progress.pop("trajectory"),
-            }
-            self.structure.load_state_dict(structure)
-            self.progress = Progress(**progress)
-            torch.set_rng_state(state["rng"]["torch"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise CheckpointError(
-                f"{self.out_dir / 'checkpoint.pt'}: does not match this run's model and recipe "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else err!r})"
-            ) from None
-        if self.device.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self._restored_compile = state["compile"]
-
     def finish(self) -> dict[str, Any]:
         p = self.progress
         self._check_finite_weights("model.pt")
@@ -630,42 +503,7 @@ class CGaPRecipe:
         }
         if self.world.is_main:
             atomic_save(model_file, self.out_dir / "model.pt")
-        prior = self._restored_compile
-        summary = {
-            "recipe": self.recipe_name,
-            "data": self.data.name,
-            "synthetic_data": self.data.synthetic,
-            "test_accuracy": test_accuracy,
-            "test_loss": test_loss,
-            "val_accuracy": p.val_accuracy,
-            "params": self.params,
-            "macs": self.macs,
-            "params_full": self.params_full,
-            "macs_full": self.macs_full,
-            "params_reduction": 1 - self.params / self.params_full,
-            "macs_reduction": 1 - self.macs / self.macs_full,
-            "peak_params": self.structure.peak_params,
-            "params_seed": self.sizes.params(self.widths_seed),
-            "widths": self.model.widths,
-            "widths_full": self.widths_full,
-            "widths_seed": self.widths_seed,
-            "twin_fraction": self.structure.twin_fractions(),
-            "structural_changes": self.schedule.changes,
-            "growth_steps": self.structure.counts.get("grow", 0),
-            "pruning_steps": self.structure.counts.get("prune", 0),
-            "train_macs": p.train_macs,
-            "train_macs_dense": p.train_macs_dense,
-            "train_macs_ratio": p.train_macs / max(1, p.train_macs_dense),
-            "wall_seconds": p.wall_seconds,
-            "compile_seconds": self.compiled.compile_seconds + prior.get("compile_seconds", 0.0),
-            "recompiles": self.compiled.compilations + prior.get("compilations", 0),
-            "compile_fallbacks": self.compiled.fallbacks + prior.get("fallbacks", 0),
-            "skipped_steps": p.skipped_steps,
-            "steps": p.step,
-            "epochs": self.recipe.train.epochs,
-            "device": str(self.device),
-            "world_size": self.world.size,
-        }
+        summary = run_summary(self, test_accuracy, test_loss, self._restored_compile)
         if self.world.distributed:
             verify_identical([self.model.widths, summary["train_macs"]], "the final model", self.world)
             # One write per line: the ranks share the terminal, and print() would split line and newline.

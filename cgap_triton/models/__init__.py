@@ -14,6 +14,7 @@ from .widthnets import (
     round_up,
     seed_widths,
     spec_from_recipe,
+    starting_widths,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "round_up",
     "seed_widths",
     "spec_from_recipe",
+    "starting_widths",
 ]

@@ -272,6 +272,21 @@ def seed_widths(full: dict[str, int], fraction: float, round_to: int) -> dict[st
     return {k: min(v, max(round_to, round_up(v * fraction, round_to))) for k, v in full.items()}
 
 
+def starting_widths(full: dict[str, int], fraction: float, round_to: int, named: dict[str, int]) -> dict[str, int]:
+    """A run's first widths: ``named`` (``model.widths``) where given, the seed width elsewhere. Raises ValueError,
+    one line per problem, for unknown groups and widths beyond full."""
+    unknown = [k for k in named if k not in full]
+    problems = [f"model.widths: unknown groups {', '.join(unknown)}; expected names among {', '.join(full)}"]
+    problems = (problems if unknown else []) + [
+        f"model.widths: {k}: expected at most the group's full width {full[k]}, got {v}"
+        for k, v in named.items()
+        if k in full and v > full[k]
+    ]
+    if problems:
+        raise ValueError("\n".join(problems))
+    return {**seed_widths(full, fraction, round_to), **named}
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
