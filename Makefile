@@ -1,10 +1,11 @@
 # make demo · make test · make bench — each creates .venv and installs what it needs when missing.
+# make gpu-check — on a GPU machine, with the torch and triton already there: no .venv, no network.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+gpu-check:
+	PYTHONPATH=. $(PYTHON) -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -11,6 +11,13 @@ from pathlib import Path
 __version__ = "0.1.0"
 __all__ = ["load_model", "__version__"]
 
+# Installed, ``cgap_triton.kernels`` is the source tree's ``kernels/`` (setuptools package-dir). Run from the source
+# tree without installing (``PYTHONPATH=.``, as ``make gpu-check`` does on a machine without network), the package
+# path also covers the tree's root, where ``kernels/`` sits.
+_root = Path(__file__).resolve().parent.parent
+if not (Path(__file__).resolve().parent / "kernels").exists() and (_root / "kernels" / "__init__.py").is_file():
+    __path__.append(str(_root))  # noqa: F821 — a package's __path__, set by the import system
+
 
 def load_model(path: str | Path, device: str = "cpu"):
     """The compact model saved in ``model.pt`` (a run folder's final model), in eval mode.

@@ -132,6 +132,12 @@ class TrainConfig:
     label_smoothing: float = _opt(0.0, lo=0.0, hi=1.0, hi_open=True)
     precision: str = _opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward; weights stay fp32")
     channels_last: bool = _opt(False, doc="NHWC activations and weights (faster convolutions on tensor cores)")
+    cuda_graphs: str = _opt(
+        "auto",
+        choices=("auto", "true", "false"),
+        doc="the whole training step as one CUDA graph, re-captured after every structural change; auto: on a "
+        'single CUDA device with nan_policy "stop" and the saliency updated every step',
+    )
 
 
 @dataclass(frozen=True)
@@ -364,6 +370,8 @@ def _check_value(key: str, value: Any, expected: Any, meta: Mapping[str, Any], s
 
     if isinstance(expected, types.UnionType):
         expected = next(t for t in typing.get_args(expected) if t is not type(None))
+    if expected is str and isinstance(value, bool) and str(value).lower() in (meta.get("choices") or ()):
+        value = str(value).lower()  # cuda_graphs = true: the TOML boolean for the choice "true"
     if expected is bool:
         if not isinstance(value, bool):
             return bad("true or false")

@@ -119,6 +119,7 @@ def summary(run, test_accuracy: float, test_loss: float, prior_compile: dict) ->
         "compile_seconds": run.compiled.compile_seconds + prior_compile.get("compile_seconds", 0.0),
         "recompiles": run.compiled.compilations + prior_compile.get("compilations", 0),
         "compile_fallbacks": run.compiled.fallbacks + prior_compile.get("fallbacks", 0),
+        "cuda_graph_captures": run.graphed.captures if getattr(run, "graphed", None) is not None else 0,
         "skipped_steps": p.skipped_steps,
         "steps": p.step,
         "epochs": run.recipe.train.epochs,

@@ -107,3 +107,121 @@ def evaluate(model: torch.nn.Module, batches, autocast) -> tuple[torch.Tensor, t
     if correct is None:
         correct = total_loss = torch.zeros(())
     return correct, total_loss, images
+
+
+class GraphedStep:
+    """The whole :class:`TrainStep` — forward under autocast, loss, backward, saliency update, optimizer step — as
+    one CUDA graph, replayed every step: at a CIFAR batch a step is bound by kernel launches and host work, and a
+    replay launches them all at once.
+
+    What a replay needs and this class provides: static input buffers (each batch is copied in), a learning rate
+    held in a device tensor (``set_lr`` writes it; the optimizer must have been built with that tensor as ``lr``
+    and, for SGD, ``fused=True``, the form whose step can be captured), gradients zeroed in place (their
+    addresses are baked into the graph, and into the saliency plan), and an autocast without its cast cache. The
+    graph is captured at the first call and after :meth:`invalidate` (a structural change: new shapes), from a
+    few warm-up steps on a side stream whose effects are then undone (parameters, buffers, optimizer state and
+    saliency restored), so capturing changes no weight. The caller reads the returned loss and logits before the
+    next call: they are the graph's static outputs, overwritten by every replay.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, step: TrainStep, model: torch.nn.Module):
+        if step.tracker is not None and step.tracker.every != 1:
+            raise ValueError("cuda_graphs: the saliency must update every step (cgap.importance.every = 1)")
+        self.step, self.model = step, model
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.captures = 0
+        self.capture_seconds = 0.0
+
+    def invalidate(self) -> None:
+        """Drop the graph and its memory pool (before a structural change frees the tensors it points at)."""
+        self.graph = None
+        self._static = None
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.step.optimizer.param_groups:
+            group["lr"].fill_(lr)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.graph is None:
+            self._capture(x, y, step)
+        static_x, static_y, loss, logits = self._static
+        static_x.copy_(x, non_blocking=True)
+        static_y.copy_(y, non_blocking=True)
+        self.graph.replay()
+        return loss, logits
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor, step: int) -> None:
+        import time
+
+        started = time.perf_counter()
+        static_x, static_y = x.clone(), y.clone()
+        saved = self._snapshot()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for k in range(self.WARMUP):  # allocations, cuDNN choices and the saliency plan settle here
+                self.step(static_x, static_y, step + k)
+        torch.cuda.current_stream().wait_stream(side)
+        self._restore(saved)
+        graph = torch.cuda.CUDAGraph()
+        cache = torch.is_autocast_cache_enabled()
+        torch.set_autocast_cache_enabled(False)  # cached casts would outlive the capture
+        try:
+            with torch.cuda.graph(graph):
+                loss, logits = self.step(static_x, static_y, step)
+        finally:
+            torch.set_autocast_cache_enabled(cache)
+        self.graph, self._static = graph, (static_x, static_y, loss, logits)
+        self.captures += 1
+        self.capture_seconds += time.perf_counter() - started
+
+    def _snapshot(self) -> dict:
+        """Copies of everything a step changes: parameters, buffers (BatchNorm), optimizer state, saliency."""
+        optimizer, tracker = self.step.optimizer, self.step.tracker
+        return {
+            "model": [t.detach().clone() for t in (*self.model.parameters(), *self.model.buffers())],
+            "optim": {
+                p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+                for p, s in optimizer.state.items()
+            },
+            "saliency": {k: v.clone() for k, v in tracker.buffers.items()} if tracker is not None else None,
+            "updates": tracker.updates if tracker is not None else 0,
+        }
+
+    @torch.no_grad()
+    def _restore(self, saved: dict) -> None:
+        for t, copy in zip((*self.model.parameters(), *self.model.buffers()), saved["model"]):
+            t.copy_(copy)
+        optimizer = self.step.optimizer
+        for p, state in saved["optim"].items():
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor):
+                    optimizer.state[p][k].copy_(v)
+                else:
+                    optimizer.state[p][k] = v
+        for p, state in optimizer.state.items():  # state the warm-up created: as before a first step
+            if p not in saved["optim"]:
+                for value in state.values():
+                    if isinstance(value, torch.Tensor):
+                        value.zero_()
+        tracker = self.step.tracker
+        if tracker is not None:
+            for k, v in saved["saliency"].items():
+                tracker.buffers[k].copy_(v)
+            # The graph holds the blending update: a run captured at its very first step starts its averages from
+            # zero, where the eager step seeds them with the first batch's statistics.
+            tracker.updates = max(1, saved["updates"])
+
+
+def graphable_optimizer(name: str, params, *, lr: float, momentum: float, weight_decay: float, device):
+    """The optimizer of ``name`` in the form a CUDA graph can capture: the learning rate a device tensor (the
+    schedule writes it before each replay), SGD fused, Adam/AdamW capturable. Returns (optimizer, lr tensor)."""
+    lr_tensor = torch.tensor(lr, dtype=torch.float32, device=device)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr_tensor, momentum=momentum, weight_decay=weight_decay, fused=True
+        ), lr_tensor
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return cls(params, lr=lr_tensor, weight_decay=weight_decay, capturable=True), lr_tensor

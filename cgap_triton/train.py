@@ -31,7 +31,7 @@ from .recipe import Recipe, RecipeError, build_recipe, to_toml
 from .runstate import Progress, checkpoint_state, restore
 from .runstate import summary as run_summary
 from .signals import Interrupted
-from .step import LearningRate, TrainStep, evaluate
+from .step import GraphedStep, LearningRate, TrainStep, evaluate, graphable_optimizer
 from .telemetry import JsonlSink, StdoutSink, Telemetry
 from .telemetry.events import CheckpointSaved, Evaluated, Finished, PhaseChanged, Started
 
@@ -118,6 +118,7 @@ class CGaPRecipe:
         self.model = build_model(self.spec, widths, device=self.device)
         if r.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.graphs = self._use_cuda_graphs()
         self.optimizer = self._make_optimizer()
         self.batches = make_batches(
             self.train_split,
@@ -167,6 +168,8 @@ class CGaPRecipe:
         self.lr = LearningRate(r.optim, self.schedule.total_steps, len(self.batches))
         if state:
             self.progress, self._restored_compile = restore(self, state, self.out_dir / "checkpoint.pt")
+            if self.graphs:  # the saved groups hold a plain learning rate and flags: the capturable form again
+                self._graphable_groups()
 
         sinks = []
         if self.world.is_main:  # only rank 0 writes the run folder and talks to the user
@@ -201,6 +204,7 @@ class CGaPRecipe:
             precision=r.train.precision,
             label_smoothing=r.train.label_smoothing,
         )
+        self.graphed = GraphedStep(self.step, self.model) if self.graphs else None
         self.telemetry.log_event(
             Started(
                 resumed=state is not None,
@@ -243,9 +247,35 @@ class CGaPRecipe:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=device_ids)
 
+    def _use_cuda_graphs(self) -> bool:
+        """Whether the step runs as a CUDA graph (train.cuda_graphs); "true" where it cannot is a recipe error."""
+        r = self.recipe
+        why_not = []
+        if self.device.type != "cuda":
+            why_not.append(f"the device is {self.device}, not CUDA")
+        if self.world.distributed:
+            why_not.append("the run has several ranks (DDP)")
+        if r.train.nan_policy == "skip":
+            why_not.append('train.nan_policy "skip" decides between the backward and the optimizer step')
+        if r.cgap.importance.every != 1:
+            why_not.append("cgap.importance.every is not 1")
+        if r.train.cuda_graphs == "true" and why_not:
+            raise RecipeError([f"train.cuda_graphs: true, but {'; '.join(why_not)}; expected auto or false"])
+        return r.train.cuda_graphs != "false" and not why_not
+
+    def _graphable_groups(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr_tensor
+            group["fused" if self.recipe.optim.name == "sgd" else "capturable"] = True
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.recipe.optim
         params = self.model.parameters()
+        if self.graphs:
+            optimizer, self._lr_tensor = graphable_optimizer(
+                o.name, params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, device=self.device
+            )
+            return optimizer
         if o.name == "sgd":
             return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
         cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
@@ -301,8 +331,14 @@ class CGaPRecipe:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         p = self.progress
-        self.lr.apply(self.optimizer, p.step)
         self.model.train()
+        if self.graphed is not None:  # the whole step in one replay; the loss is checked as for "stop"
+            self.graphed.set_lr(self.lr(p.step))
+            self._stop_requested = self.latch.signum is not None
+            loss, logits = self.graphed(x, y, p.step)
+            self.health.watch(loss, p.step + 1)
+            return self._count_step(loss, logits, y)
+        self.lr.apply(self.optimizer, p.step)
         loss, logits = self.step.forward(x, y)
         if self.world.distributed or self.recipe.train.nan_policy == "skip":
             # Decided now, at the cost of a host sync (one small all-reduce on several ranks): the ranks
@@ -328,8 +364,14 @@ class CGaPRecipe:
                 self.optimizer.zero_grad(set_to_none=False)
                 self.health.skip(p, "gradients are not finite")
                 return None, None
-        p.skipped_in_a_row = 0
         self.step.update(p.step)
+        return self._count_step(loss, logits, y)
+
+    def _count_step(self, loss, logits, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step that reached the weights: counters, and its (summed loss, correct) for the log window (device
+        tensors, computed now: a graph replay overwrites ``loss`` and ``logits``)."""
+        p = self.progress
+        p.skipped_in_a_row = 0
         p.step += 1
         batch = y.numel() * self.world.size  # the global batch
         p.train_macs += 3 * self.macs * batch  # forward + backward ≈ 3 × forward MACs
@@ -359,7 +401,7 @@ class CGaPRecipe:
             "loss": float(window["loss"]) / images,
             "train_accuracy": float(window["correct"]) / images,
             "val_accuracy": p.val_accuracy,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
             "images_per_second": window["images"] * self.world.size / max(1e-9, now - window["time"]),
             "params": self.params,
             "macs": self.macs,
@@ -416,6 +458,8 @@ class CGaPRecipe:
             self.compiled.raw = self.model
             self.compiled.invalidate("before surgery")
             gc.collect()
+        if self.graphed is not None:  # its addresses are the old tensors': captured again at the next step
+            self.graphed.invalidate()
         self.telemetry.log_event(self.structure.apply(change, step=p.step, epoch=p.step / len(self.batches)))
         if self.world.distributed:  # DDP's buckets hold the old shapes: wrap the changed module afresh
             self.compiled.raw = self._wrap()

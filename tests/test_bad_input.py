@@ -80,6 +80,8 @@ CASES = [
     # What this machine cannot do.
     (['train.device="cdua"'], ['train.device: expected "auto", "cpu", "cuda" or "cuda:N", got \'cdua\'']),
     (['train.device="mps"'], ["train.device: expected"]),
+    (["train.cuda_graphs=true", "train.device=cpu"], ["train.cuda_graphs: true, but the device is cpu, not CUDA"]),
+    (["train.cuda_graphs=maybe"], ["train.cuda_graphs: expected one of 'auto', 'true', 'false'"]),
     (["compile.enabled=true", "compile.backend=inductr"], ["compile.backend: expected one of", "'inductor'"]),
 ]
 if not torch.cuda.is_available():

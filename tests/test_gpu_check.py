@@ -1,0 +1,38 @@
+"""``make gpu-check``'s dry run: the same parts, processes, limits and result files on the CPU at tiny sizes, so
+that the command a GPU machine runs cannot rot where no GPU is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_dry_run_runs_every_part_and_writes_the_table(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)  # the parts set up their own
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--results-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = result.stdout[result.stdout.rindex("make gpu-check (dry run)") :]  # printed last
+    for part in ("kernel tests", "kernel benchmarks", "training step", "vgg19_c100 CGaP", "vgg19_c100 dense"):
+        assert f"| {part} |" in table
+    (written,) = tmp_path.glob("*/gpu_check_dry_run.json")
+    saved = json.loads(written.read_text())
+    status = {row["part"]: row["status"] for row in saved["rows"]}
+    assert status["kernel benchmarks"] == "skipped (needs CUDA)"
+    assert all(status[p] == "ok" for p in ("kernel tests", "training step", "vgg19_c100 CGaP", "vgg19_c100 dense"))
+    assert "passed" in next(r["figures"] for r in saved["rows"] if r["part"] == "kernel tests")
+    assert saved["environment"]["cgap_over_dense_wall"] > 0
+    assert (written.parent / "gpu_check_logs" / "vgg19_c100_cgap.log").is_file()
+    assert "DRY RUN" in (written.parent / "gpu_check_dry_run.md").read_text()
