@@ -11,7 +11,10 @@ failed to compile (and so ran eager) is reported as a ``compile_fallback`` event
 - ``always`` compiles every phase; ``never`` runs eager;
 - ``auto`` compiles a phase only when its expected steps pay back the compile time: it measures the
   eager step time (the first steps of the run are eager), the compiled step time and the seconds each
-  compilation cost, and compiles when ``(eager − compiled) × steps > compile seconds``. Until a
+  compilation cost, and compiles when ``(eager − compiled) × steps > compile seconds``. Step times are
+  steady-state ones: the first ``WARMUP_STEPS`` steps at new shapes (the run's start, every structural change,
+  the steps after a compilation) are left out, since they carry cuDNN's algorithm search and the allocator's
+  first requests; on a GPU the trainer synchronises around each step under this policy. Until a
   compilation has been measured it assumes an optimistic gain (``OPTIMISTIC_GAIN`` of the eager step)
   and a typical compile time for the backend (``PRIOR_COMPILE_SECONDS``), so that a run whose phases
   are all too short never pays for a compilation just to find that out.
@@ -33,7 +36,8 @@ from torch import nn
 from .recipe import CompileConfig
 from .telemetry.events import Compiled, CompileFallback, Compiling, Event
 
-EAGER_PROBE_STEPS = 8  # eager steps measured at the start of a run under policy "auto"
+EAGER_PROBE_STEPS = 8  # eager steps measured at the start of a run under policy "auto" (after the warm-up)
+WARMUP_STEPS = 3  # steps at new shapes whose times are not typical (autotuning, first allocations)
 OPTIMISTIC_GAIN = 0.5  # before any measurement: compiled steps assumed to take half the eager time
 PRIOR_COMPILE_SECONDS = {"inductor": 20.0, "aot_eager": 2.0, "eager": 0.5}  # forward+backward, small CNNs
 DEFAULT_PRIOR_COMPILE_SECONDS = 10.0
@@ -71,6 +75,7 @@ class CompiledModel:
         self._counts = _dynamo_counts()
         enabled = cfg.enabled and cfg.policy != "never"
         self._probe = EAGER_PROBE_STEPS if cfg.policy == "auto" else 0
+        self._warmup = WARMUP_STEPS  # steps left before times count again
         self.use_compiled = enabled and self._probe == 0
 
     @property
@@ -90,6 +95,9 @@ class CompiledModel:
     def step_finished(self, seconds: float, step: int) -> None:
         """Account one full training step (forward, backward, update) that took ``seconds``."""
         if not self.use_compiled:
+            if self._warmup:
+                self._warmup -= 1
+                return
             self._eager_times.append(seconds)
             if self._probe:
                 self._probe -= 1
@@ -97,9 +105,13 @@ class CompiledModel:
                     self.use_compiled = self.pays_back(self.steps_left())
             return
         if not self._first_compiled_step:
+            if self._warmup:
+                self._warmup -= 1
+                return
             self._compiled_times.append(seconds)
             return
         self._first_compiled_step = False
+        self._warmup = WARMUP_STEPS - 1  # this one was the compilation
         typical = self.compiled_step if self.compiled_step is not None else (self.eager_step or 0.0)
         cost = max(0.0, seconds - typical)
         self.compilations += 1
@@ -129,6 +141,7 @@ class CompiledModel:
         had_compiled = self.compiled is not None
         self.compiled = None
         self._reason = reason
+        self._warmup = WARMUP_STEPS
         if had_compiled:
             torch.compiler.reset()
             self._counts = _dynamo_counts()
@@ -143,8 +156,10 @@ class CompiledModel:
 
     def pays_back(self, steps: int | None) -> bool:
         """Whether compiling now is expected to save time over ``steps`` steps (policy "auto")."""
-        if steps is None or self.eager_step is None:
+        if steps is None:
             return True
+        if self.eager_step is None:  # nothing measured yet: no compilation on a guess
+            return False
         if self.compiled_step is not None and self.compilations:
             gain = self.eager_step - self.compiled_step
         else:
