@@ -248,3 +248,52 @@ def test_cli_refuses_models_it_cannot_build_before_anything_runs(tmp_path):
     assert "model.arch: handmade:concat_net" in result.stderr and not out.exists()
     result = cli_with_tests_on_path("recipe", QUICK, "model.arch=torchvision:resnet181", "model.cfg=[]")
     assert result.returncode == 2 and "close names: resnet18" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ against Torch-Pruning
+
+
+def our_couplings(arch: str) -> set[frozenset]:
+    """Per group, the (module, "out"/"in") pairs whose channels it moves (BatchNorm and depthwise convs: "out")."""
+    model = build_model(spec_of(arch, 32), None, "meta")
+    groups = set()
+    for g in model.groups:
+        members = [(q, d) for q, d in g.producers + g.consumers] + [(s.tensor, s.dim) for s in g.spans]
+        groups.add(
+            frozenset((q.removeprefix("net.").rpartition(".")[0], "out" if d == 0 else "in") for q, d in members)
+        )
+    return groups
+
+
+def torch_pruning_couplings(arch: str) -> set[frozenset]:
+    """The same from Torch-Pruning's DependencyGraph, the classifier's outputs left out as ours are."""
+    tp = pytest.importorskip("torch_pruning")
+    import torchvision
+    from torch import nn
+
+    net = torchvision.models.get_model(arch.split(":")[1], weights=None, num_classes=5).eval()
+    names = {m: n for n, m in net.named_modules()}
+    graph = tp.DependencyGraph().build_dependency(net, example_inputs=torch.randn(1, 3, 32, 32))
+    classifier = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    groups = set()
+    for group in graph.get_all_groups(ignored_layers=[classifier], root_module_types=[nn.Conv2d, nn.Linear]):
+        members = set()
+        for dep, _ in group:
+            module = dep.target.module
+            if not isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
+                continue
+            depthwise = isinstance(module, nn.Conv2d) and module.groups > 1
+            out = "out" in dep.handler.__name__ or isinstance(module, nn.BatchNorm2d) or depthwise
+            members.add((names[module], "out" if out else "in"))
+        groups.add(frozenset(members))
+    return groups
+
+
+@pytest.mark.parametrize(
+    "arch",
+    ["torchvision:resnet18", "torchvision:mobilenet_v2", "torchvision:mobilenet_v3_small", "torchvision:densenet121"],
+)
+def test_groups_are_torch_prunings_groups(arch):
+    """Residual stages, depthwise blocks, squeeze-excitation gates and DenseNet's concatenations: every traced
+    group couples exactly the layers Torch-Pruning's dependency graph couples, and there are as many."""
+    assert our_couplings(arch) == torch_pruning_couplings(arch)
