@@ -205,6 +205,7 @@ class CGaPRecipe:
             label_smoothing=r.train.label_smoothing,
         )
         self.graphed = GraphedStep(self.step, self.model) if self.graphs else None
+        self._graph_compiled: bool | None = None  # whether the captured graph runs compiled code
         self.telemetry.log_event(
             Started(
                 resumed=state is not None,
@@ -333,6 +334,9 @@ class CGaPRecipe:
         p = self.progress
         self.model.train()
         if self.graphed is not None:  # the whole step in one replay; the loss is checked as for "stop"
+            if self.compiled.use_compiled != self._graph_compiled:  # compile.policy switched: capture that code
+                self._graph_compiled = self.compiled.use_compiled
+                self.graphed.invalidate()
             self.graphed.set_lr(self.lr(p.step))
             self._stop_requested = self.latch.signum is not None
             loss, logits = self.graphed(x, y, p.step)
