@@ -27,9 +27,9 @@ def setup(device, graphable: bool, seed: int = 0):
 
 
 def batch(device, k: int):
-    generator = torch.Generator().manual_seed(100 + k)
-    x = torch.randn(8, 3, 16, 16, generator=generator).to(device)
-    return x, torch.randint(0, 10, (8,), generator=generator).to(device)
+    generator = torch.Generator().manual_seed(100 + k)  # drawn on the CPU: the same batches on every device
+    x = torch.randn(8, 3, 16, 16, generator=generator, device="cpu").to(device)
+    return x, torch.randint(0, 10, (8,), generator=generator, device="cpu").to(device)
 
 
 def test_warm_up_before_a_capture_leaves_no_trace():

@@ -588,7 +588,7 @@ def test_an_index_the_host_did_not_check_never_reads_out_of_bounds():
     src.copy_(torch.randn(4, 3))
     index = torch.tensor([2, 4, -7, 99, 0, -1])
     entry = Entry(src, None, 0, src.shape, src.dtype, None, 0.0)
-    (out,) = gather.gather_groups_triton(CheckedGroups([CheckedGroup([entry], index, 0)], torch.device("cpu")))[0]
+    (out,) = gather.gather_groups_triton(CheckedGroups([CheckedGroup([entry], index, 0)], src.device))[0]
     live = (index >= 0) & (index < 4)
     assert torch.equal(out[live], src[index[live]]) and not out[~live].view(torch.int32).any()
 
