@@ -284,9 +284,6 @@ class CGaPRecipe:
 
     # ------------------------------------------------------------------------------------------ loop
 
-    def lr_at(self, step: int) -> float:
-        return self.lr(step)
-
     def train(self) -> dict[str, Any]:
         r, p = self.recipe, self.progress
         started = time.perf_counter() - p.wall_seconds
