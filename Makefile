@@ -25,7 +25,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 gpu-check:
-	PYTHONPATH=. $(PYTHON) -m benchmarks.gpu_check
+	PYTHONPATH=. $(PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

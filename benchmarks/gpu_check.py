@@ -9,7 +9,7 @@ in its own process with its own time limit, so that one failure or hang does not
 3. the training step eager / compiled / as one CUDA graph at batch 128 and 512 (``benchmarks.step_modes``);
 4. ``recipes/vgg19_c100.toml`` for 4 epochs, growing and pruning every 0.25 epoch, and its dense baseline, on
    CIFAR-100-sized files in the official format filled with random pixels (timing only: the accuracy means
-   nothing);
+   nothing); then the same CGaP run with ``train.cuda_graphs=false``, to show what the graphed step buys;
 
 then writes ``benchmarks/results/<gpu>/gpu_check.{json,csv,md}`` (and each part's log beside them) and prints a
 short table last. ``--dry-run`` runs the same plumbing on the CPU at tiny sizes (kernel tests that need no GPU,
@@ -22,6 +22,7 @@ the step benchmark on a tiny VGG, the recipe on 200 images at 1/8 width) — ``m
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import pickle
@@ -43,6 +44,16 @@ from .common import RESULTS_DIR, environment, machine_slug, print_table, write_r
 
 ROOT = Path(__file__).resolve().parent.parent
 # Limits per part (seconds, below) add up to 470: the whole check stays under eight minutes with start-up.
+LIMITS = {
+    "kernel tests": 120,
+    "kernel benchmarks": 70,
+    "training step": 100,
+    "vgg19_c100 CGaP": 70,
+    "vgg19_c100 dense": 50,
+    "vgg19_c100 CGaP, eager step": 60,
+    "vgg19_c100 CGaP, policy never": 60,  # --policies: past the eight minutes
+    "vgg19_c100 CGaP, policy always": 240,
+}
 # The real command line, with torchvision's md5 check of the CIFAR files off: random-pixel files cannot carry the
 # official checksums (the tests load their tiny official-format files the same way).
 RANDOM_FILES_CLI = (
@@ -61,6 +72,7 @@ class Part:
     limit_s: int
     env: dict[str, str] = field(default_factory=dict)
     needs_cuda: bool = False
+    out: Path | None = None  # a recipe run's folder: its summary gives the figures
 
 
 def run_part(part: Part, logs: Path, dry_run: bool) -> dict[str, Any]:
@@ -118,21 +130,68 @@ def write_cifar100(root: Path, train: int, test: int) -> None:
         )
 
 
-def run_summary_figures(out: Path) -> tuple[str, dict[str, Any]]:
+def run_summary(out: Path) -> tuple[str, dict[str, Any]]:
+    """(figures line, summary.json plus the trainer's median images/s over its logged windows) of one run."""
     try:
         s = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         return "", {}
+    rates = []
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "images_per_second" in record:
+            rates.append(record["images_per_second"])
+    s["median_images_per_s"] = float(np.median(rates)) if rates else 0.0
     figures = (
-        f"wall {s['wall_seconds']:.1f} s, {s['structural_changes']} changes, train MACs {s['train_macs_ratio']:.2f} "
-        f"of dense, compile {s['compile_seconds']:.1f} s ({s['recompiles']}), graphs {s.get('cuda_graph_captures', 0)}"
+        f"wall {s['wall_seconds']:.1f} s, {s['median_images_per_s']:.0f} img/s (median window), "
+        f"{s['structural_changes']} changes ({s.get('structural_change_seconds', 0.0):.2f} s), train MACs "
+        f"{s['train_macs_ratio']:.2f} of dense, compile {s['compile_seconds']:.1f} s ({s['recompiles']}), "
+        f"graphs {s.get('cuda_graph_captures', 0)} ({s.get('cuda_graph_capture_seconds', 0.0):.2f} s)"
     )
     return figures, s
 
 
-def run_parts(parts: list[Part], logs: Path, dry: bool, steps_json: Path) -> list[dict[str, Any]]:
-    rows = []
+def derive(cgap: dict[str, Any], dense: dict[str, Any], eager: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets from the runs: CGaP/dense wall time, change overhead, the projected 160-epoch run."""
+    if not (cgap and dense):
+        return {}
+    overhead = (
+        cgap.get("structural_change_seconds", 0.0)
+        + cgap.get("cuda_graph_capture_seconds", 0.0)
+        + cgap["compile_seconds"]
+    )
+    derived: dict[str, Any] = {
+        "cgap_over_dense_wall": cgap["wall_seconds"] / max(1e-9, dense["wall_seconds"]),
+        "cgap_change_overhead_fraction": overhead / max(1e-9, cgap["wall_seconds"]),
+        "projected_160_epoch_cgap_minutes": cgap["wall_seconds"] / cgap["epochs"] * 160 / 60,
+        "dense_trainer_images_per_s": dense["median_images_per_s"],
+    }
+    line = (
+        f"CGaP/dense wall {derived['cgap_over_dense_wall']:.2f}; change overhead "
+        f"{100 * derived['cgap_change_overhead_fraction']:.1f} % of the CGaP run; projected 160-epoch CGaP "
+        f"{derived['projected_160_epoch_cgap_minutes']:.1f} min; dense trainer {dense['median_images_per_s']:.0f} img/s"
+    )
+    if eager:
+        derived["cgap_eager_over_graphed_wall"] = eager["wall_seconds"] / max(1e-9, cgap["wall_seconds"])
+        line += f"; CGaP eager step/graphed wall {derived['cgap_eager_over_graphed_wall']:.2f}"
+    return {**derived, "line": line}
+
+
+def run_parts(
+    parts: list[Part], logs: Path, dry: bool, steps_json: Path, budget_s: float | None, report
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Run the parts in order, each within its limit and what is left of ``budget_s``; ``report(rows, runs)``
+    after every part, so that results written so far survive a kill from outside."""
+    rows: list[dict[str, Any]] = []
+    runs: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
     for part in parts:
+        if budget_s is not None:
+            left = int(budget_s - (time.perf_counter() - started))
+            if left < 20:
+                rows.append({**_row(part), "status": "skipped (budget spent)"})
+                continue
+            part.limit_s = min(part.limit_s, left)
         print(f"gpu-check: {part.name} (limit {part.limit_s} s) ...", flush=True)
         row = run_part(part, logs, dry)
         if part.name == "kernel tests" and "log" in row:
@@ -141,15 +200,30 @@ def run_parts(parts: list[Part], logs: Path, dry: bool, steps_json: Path) -> lis
             row["figures"] = "; ".join(
                 f"{s['mode']} b{s['batch']} {s['images_per_s']:.0f} img/s" for s in json.loads(steps_json.read_text())
             )
+        elif part.out is not None:
+            row["figures"], runs[part.name] = run_summary(part.out)
         rows.append(row)
         print(f"  {row['status']} in {row['seconds']} s {row['figures']}", flush=True)
-    return rows
+        report(rows, runs)
+    return rows, runs
+
+
+def _row(part: Part) -> dict[str, Any]:
+    return {"part": part.name, "status": "", "seconds": 0.0, "limit_s": part.limit_s, "figures": ""}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: check the plumbing")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--policies",
+        action="store_true",
+        help="also run the CGaP recipe under compile.policy never and always (past the eight minutes)",
+    )
+    parser.add_argument(
+        "--budget-s", type=float, help="seconds for all parts together: a part gets at most what is left"
+    )
     args = parser.parse_args(argv)
     dry = args.dry_run
     if not dry and not torch.cuda.is_available():
@@ -166,13 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     steps_json = work / "steps.json"
 
     kernel_tests = ["tests/test_kernels_large.py", "tests/test_cuda_graphs.py"]
+    # Hundreds of parametrised cases, each a Triton compilation on a fresh machine: compile them side by side.
+    xdist = ["-n", "8"] if not dry and importlib.util.find_spec("xdist") is not None else []
     if not dry:
         kernel_tests = ["tests/test_channel_stats.py", "tests/test_gather_channels.py", *kernel_tests]
     test_env = {"CGAP_TEST_DEVICE": "cpu" if dry else "cuda"}
     data = work / "data"
     write_cifar100(data, 200 if dry else 50_000, 50 if dry else 10_000)
     run_args = [f"data.root={data}", "train.epochs=1" if dry else "train.epochs=4", "dashboard.enabled=false"]
-    run_args += ["cgap.grow.every=0.25", "cgap.prune.every=0.25", "checkpoint.every=1", "train.log_every=20"]
+    run_args += ["cgap.grow.every=0.25", "cgap.prune.every=0.25", "checkpoint.every=1"]
+    run_args += [f"train.log_every={2 if dry else 20}"]
     if dry:
         run_args += [
             "model.width_multiplier=0.125",
@@ -183,79 +260,84 @@ def main(argv: list[str] | None = None) -> int:
             "data.batch_size=32",
             "compile.enabled=false",
         ]
+
+    def recipe_run(name: str, recipe: str, folder_name: str, *extra: str) -> Part:
+        out = work / folder_name
+        command = [py, "-c", RANDOM_FILES_CLI, "recipe", f"recipes/{recipe}", *run_args, *extra, "--out", str(out)]
+        return Part(name, command, 90 if dry else LIMITS[name], out=out)
+
     parts = [
-        Part("kernel tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *kernel_tests], 140, test_env),
+        Part(
+            "kernel tests",
+            [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *xdist, *kernel_tests],
+            LIMITS["kernel tests"],
+            test_env,
+        ),
         Part(
             "kernel benchmarks",
             [py, "-m", "benchmarks.run", "--parts", "kernels", "--results-dir", str(args.results_dir)],
-            80,
+            LIMITS["kernel benchmarks"],
             needs_cuda=True,
         ),
         Part(
             "training step",
             [py, "-m", "benchmarks.step_modes", "--json", str(steps_json)] + (["--dry-run"] if dry else []),
-            90,
+            LIMITS["training step"],
         ),
-        Part(
-            "vgg19_c100 CGaP",
-            [py, "-c", RANDOM_FILES_CLI, "recipe", "recipes/vgg19_c100.toml", *run_args, "--out", str(work / "cgap")],
-            90 if dry else 100,
-        ),
-        Part(
-            "vgg19_c100 dense",
-            [
-                py,
-                "-c",
-                RANDOM_FILES_CLI,
-                "recipe",
-                "recipes/vgg19_c100_dense.toml",
-                *run_args,
-                "--out",
-                str(work / "dense"),
-            ],
-            90 if dry else 60,
-        ),
+        recipe_run("vgg19_c100 CGaP", "vgg19_c100.toml", "cgap"),
+        recipe_run("vgg19_c100 dense", "vgg19_c100_dense.toml", "dense"),
+        recipe_run("vgg19_c100 CGaP, eager step", "vgg19_c100.toml", "eager", "train.cuda_graphs=false"),
     ]
-    try:
-        rows = run_parts(parts, logs, dry, steps_json)
-        cgap_figures, cgap = run_summary_figures(work / "cgap")
-        dense_figures, dense = run_summary_figures(work / "dense")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)  # the random CIFAR files and the runs: timing only
-    rows[3]["figures"], rows[4]["figures"] = cgap_figures, dense_figures
-    derived: dict[str, Any] = {}
-    if cgap and dense:
-        derived["cgap_over_dense_wall"] = cgap["wall_seconds"] / max(1e-9, dense["wall_seconds"])
-        derived["projected_160_epoch_cgap_minutes"] = cgap["wall_seconds"] / cgap["epochs"] * 160 / 60
-        rows.append(
-            {
-                "part": "derived",
-                "status": "",
-                "seconds": "",
-                "limit_s": "",
-                "figures": f"CGaP/dense wall {derived['cgap_over_dense_wall']:.2f}; projected 160-epoch CGaP "
-                f"{derived['projected_160_epoch_cgap_minutes']:.1f} min",
-            }
-        )
+    if args.policies:
+        parts += [
+            recipe_run(f"vgg19_c100 CGaP, policy {policy}", "vgg19_c100.toml", policy, f"compile.policy={policy}")
+            for policy in ("never", "always")
+        ]
     notes = [
         "Each part runs in its own process with its own time limit; logs in gpu_check_logs/.",
         "The vgg19_c100 runs train on random pixels: their wall times count, their accuracy does not.",
+        "'CGaP, eager step' is the CGaP run with train.cuda_graphs=false: one launch per kernel, as before graphs.",
+        "change overhead: surgery, CUDA-graph captures and compilations, as a share of the CGaP run's wall time.",
         "projected 160-epoch CGaP: the 4-epoch run's wall time per epoch × 160 (evaluations and checkpoints "
         "included; the real run's widths over time differ).",
     ]
+    if args.policies:
+        notes.append("policy runs: the CGaP run (compile.policy auto) again under never and always, graphed alike.")
     if dry:
         notes.insert(0, "DRY RUN on the CPU at tiny sizes: these figures check the plumbing, they measure nothing.")
     name = "gpu_check_dry_run" if dry else "gpu_check"
-    write_results(
-        name,
-        rows,
-        {**env, **derived},
-        title="make gpu-check",
-        columns=COLUMNS,
-        notes=notes,
-        results_dir=args.results_dir,
-    )
-    print_table("make gpu-check" + (" (dry run)" if dry else ""), rows, COLUMNS)
+
+    def report(rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        cgap, dense = runs.get("vgg19_c100 CGaP", {}), runs.get("vgg19_c100 dense", {})
+        derived = derive(cgap, dense, runs.get("vgg19_c100 CGaP, eager step", {}))
+        policies = {p: runs.get(f"vgg19_c100 CGaP, policy {p}", {}) for p in ("never", "always")}
+        if cgap and all(policies.values()):
+            best = min(run["wall_seconds"] for run in policies.values())
+            derived["auto_over_best_policy_wall"] = cgap["wall_seconds"] / best
+            derived["line"] += (
+                f"; compile.policy auto/best of never, always {derived['auto_over_best_policy_wall']:.2f}"
+            )
+        table = list(rows)
+        if derived:
+            line = derived.pop("line")
+            table.append({"part": "derived", "status": "", "seconds": "", "limit_s": "", "figures": line})
+        write_results(
+            name,
+            table,
+            {**env, **derived},
+            title="make gpu-check",
+            columns=COLUMNS,
+            notes=notes,
+            results_dir=args.results_dir,
+        )
+        return table
+
+    try:
+        rows, runs = run_parts(parts, logs, dry, steps_json, args.budget_s, report)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the random CIFAR files and the runs: timing only
+    table = report(rows, runs)
+    print_table("make gpu-check" + (" (dry run)" if dry else ""), table, COLUMNS)
     failed = [r["part"] for r in rows if r["status"] not in ("ok", "") and not r["status"].startswith("skipped")]
     return 1 if failed else 0
 

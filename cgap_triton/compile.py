@@ -14,7 +14,9 @@ failed to compile (and so ran eager) is reported as a ``compile_fallback`` event
   compilation cost, and compiles when ``(eager − compiled) × steps > compile seconds``. Step times are
   steady-state ones: the first ``WARMUP_STEPS`` steps at new shapes (the run's start, every structural change,
   the steps after a compilation) are left out, since they carry cuDNN's algorithm search and the allocator's
-  first requests; on a GPU the trainer synchronises around each step under this policy. Until a
+  first requests. Only the first ``TIMED_STEPS`` steady steps of each phase (and the first compiled step) are
+  timed: on a GPU the trainer synchronises around those steps alone (:attr:`CompiledModel.timing`), so the
+  rest of the run queues work on the device without waiting for it. Until a
   compilation has been measured it assumes an optimistic gain (``OPTIMISTIC_GAIN`` of the eager step)
   and a typical compile time for the backend (``PRIOR_COMPILE_SECONDS``), so that a run whose phases
   are all too short never pays for a compilation just to find that out.
@@ -38,6 +40,7 @@ from .telemetry.events import Compiled, CompileFallback, Compiling, Event
 
 EAGER_PROBE_STEPS = 8  # eager steps measured at the start of a run under policy "auto" (after the warm-up)
 WARMUP_STEPS = 3  # steps at new shapes whose times are not typical (autotuning, first allocations)
+TIMED_STEPS = 8  # steady steps timed per phase and mode (at least EAGER_PROBE_STEPS)
 OPTIMISTIC_GAIN = 0.5  # before any measurement: compiled steps assumed to take half the eager time
 PRIOR_COMPILE_SECONDS = {"inductor": 20.0, "aot_eager": 2.0, "eager": 0.5}  # forward+backward, small CNNs
 DEFAULT_PRIOR_COMPILE_SECONDS = 10.0
@@ -76,11 +79,23 @@ class CompiledModel:
         enabled = cfg.enabled and cfg.policy != "never"
         self._probe = EAGER_PROBE_STEPS if cfg.policy == "auto" else 0
         self._warmup = WARMUP_STEPS  # steps left before times count again
+        self._timed = TIMED_STEPS  # steady steps still to time in this phase and mode
         self.use_compiled = enabled and self._probe == 0
 
     @property
     def active(self) -> bool:
         return self.compiled is not None and self.use_compiled
+
+    @property
+    def timing(self) -> bool:
+        """Whether the coming step's time is recorded (policy "auto"): the trainer synchronises around such steps."""
+        if not (self.cfg.enabled and self.cfg.policy == "auto"):
+            return False
+        return (
+            self._first_compiled_step
+            or (self.use_compiled and self.compiled is None)
+            or (not self._warmup and self._timed > 0)
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.use_compiled:
@@ -98,6 +113,9 @@ class CompiledModel:
             if self._warmup:
                 self._warmup -= 1
                 return
+            if not self._timed:
+                return
+            self._timed -= 1
             self._eager_times.append(seconds)
             if self._probe:
                 self._probe -= 1
@@ -108,10 +126,13 @@ class CompiledModel:
             if self._warmup:
                 self._warmup -= 1
                 return
-            self._compiled_times.append(seconds)
+            if self._timed:
+                self._timed -= 1
+                self._compiled_times.append(seconds)
             return
         self._first_compiled_step = False
         self._warmup = WARMUP_STEPS - 1  # this one was the compilation
+        self._timed = TIMED_STEPS
         typical = self.compiled_step if self.compiled_step is not None else (self.eager_step or 0.0)
         cost = max(0.0, seconds - typical)
         self.compilations += 1
@@ -142,6 +163,7 @@ class CompiledModel:
         self.compiled = None
         self._reason = reason
         self._warmup = WARMUP_STEPS
+        self._timed = TIMED_STEPS
         if had_compiled:
             torch.compiler.reset()
             self._counts = _dynamo_counts()

@@ -33,6 +33,7 @@ class Progress:
     val_accuracy: float = 0.0
     phases: list[dict] = field(default_factory=list)  # phase boundaries
     wall_seconds: float = 0.0
+    change_seconds: float = 0.0  # wall time inside structural changes (surgery, state carried)
 
 
 def checkpoint_state(run, metrics_bytes: int | None) -> dict[str, Any]:
@@ -119,7 +120,9 @@ def summary(run, test_accuracy: float, test_loss: float, prior_compile: dict) ->
         "compile_seconds": run.compiled.compile_seconds + prior_compile.get("compile_seconds", 0.0),
         "recompiles": run.compiled.compilations + prior_compile.get("compilations", 0),
         "compile_fallbacks": run.compiled.fallbacks + prior_compile.get("fallbacks", 0),
+        "structural_change_seconds": p.change_seconds,
         "cuda_graph_captures": run.graphed.captures if getattr(run, "graphed", None) is not None else 0,
+        "cuda_graph_capture_seconds": run.graphed.capture_seconds if getattr(run, "graphed", None) is not None else 0.0,
         "skipped_steps": p.skipped_steps,
         "steps": p.step,
         "epochs": run.recipe.train.epochs,

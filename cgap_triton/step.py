@@ -174,6 +174,7 @@ class GraphedStep:
         finally:
             torch.set_autocast_cache_enabled(cache)
         self.graph, self._static = graph, (static_x, static_y, loss, logits)
+        torch.cuda.synchronize()  # once per capture: its time includes the warm-up's device work
         self.captures += 1
         self.capture_seconds += time.perf_counter() - started
 

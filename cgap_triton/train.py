@@ -295,10 +295,13 @@ class CGaPRecipe:
         }
         while p.epoch < r.train.epochs:
             for x, y in self.batches.epoch(p.epoch, start=p.batch):
+                timed = self.device.type == "cuda" and self.compiled.timing
+                if timed:  # a step time that a compile.policy decision rests on: this step's work alone
+                    torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 loss, correct = self._train_step(x, y)
-                if self.device.type == "cuda" and self.recipe.compile.policy == "auto":
-                    torch.cuda.synchronize()  # the step times that policy decisions rest on
+                if timed:
+                    torch.cuda.synchronize()
                 self.compiled.step_finished(time.perf_counter() - t0, p.step)
                 p.batch += 1
                 if loss is not None:
@@ -461,7 +464,9 @@ class CGaPRecipe:
             gc.collect()
         if self.graphed is not None:  # its addresses are the old tensors': captured again at the next step
             self.graphed.invalidate()
+        started = time.perf_counter()
         self.telemetry.log_event(self.structure.apply(change, step=p.step, epoch=p.step / len(self.batches)))
+        p.change_seconds += time.perf_counter() - started
         if self.world.distributed:  # DDP's buckets hold the old shapes: wrap the changed module afresh
             self.compiled.raw = self._wrap()
         noun = "growth" if change.kind == "grow" else "pruning"

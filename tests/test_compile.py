@@ -6,7 +6,7 @@ import torch
 from cli_runner import QUICK, SHORT, cli
 
 from cgap_triton.cgap import GroupChange, WidthChange, apply_width_change
-from cgap_triton.compile import WARMUP_STEPS, CompiledModel
+from cgap_triton.compile import TIMED_STEPS, WARMUP_STEPS, CompiledModel
 from cgap_triton.models import ModelSpec, build_model
 from cgap_triton.recipe import CompileConfig
 
@@ -126,3 +126,24 @@ def test_auto_never_pays_for_a_compilation_that_cannot_pay_back():
     assert not auto.use_compiled
     auto.reconsider(10_000)  # a long fine-tuning phase: 10,000 × 5 ms = 50 s > 20 s
     assert auto.use_compiled
+
+
+def test_auto_times_a_few_steps_per_phase_and_no_more():
+    """Only the steps a decision rests on are timed (on a GPU, each one costs a synchronisation)."""
+    auto = CompiledModel(build_model(SPEC), CompileConfig(enabled=True, policy="auto"), lambda e: None, lambda: 50)
+    timed = []
+    for _ in range(WARMUP_STEPS + TIMED_STEPS + 20):
+        timed.append(auto.timing)
+        auto.step_finished(0.01, 0)
+    assert timed == [False] * WARMUP_STEPS + [True] * TIMED_STEPS + [False] * 20
+    assert len(auto._eager_times) == TIMED_STEPS and not auto.use_compiled
+    auto.invalidate("after growth step 1", steps_until_next_change=10_000)  # a long phase: worth compiling
+    assert auto.use_compiled and auto.timing  # the compiling step is timed: its time is the compile cost
+    auto(torch.randn(2, 3, 8, 8))
+    auto.step_finished(2.0, 1)
+    assert auto.compilations == 1 and not auto.timing  # warm-up at the new shapes, then timed again
+    for _ in range(WARMUP_STEPS - 1):
+        auto.step_finished(0.01, 2)
+    assert auto.timing
+    always = CompiledModel(build_model(SPEC), CompileConfig(enabled=True, policy="always"), lambda e: None)
+    assert not always.timing  # no decision to make: nothing is timed

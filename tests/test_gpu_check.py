@@ -16,7 +16,7 @@ def test_dry_run_runs_every_part_and_writes_the_table(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)  # the parts set up their own
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--results-dir", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--policies", "--results-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -25,14 +25,38 @@ def test_dry_run_runs_every_part_and_writes_the_table(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = result.stdout[result.stdout.rindex("make gpu-check (dry run)") :]  # printed last
-    for part in ("kernel tests", "kernel benchmarks", "training step", "vgg19_c100 CGaP", "vgg19_c100 dense"):
+    runs = ("vgg19_c100 CGaP", "vgg19_c100 dense", "vgg19_c100 CGaP, eager step")
+    runs += ("vgg19_c100 CGaP, policy never", "vgg19_c100 CGaP, policy always")
+    for part in ("kernel tests", "kernel benchmarks", "training step", *runs):
         assert f"| {part} |" in table
     (written,) = tmp_path.glob("*/gpu_check_dry_run.json")
     saved = json.loads(written.read_text())
     status = {row["part"]: row["status"] for row in saved["rows"]}
     assert status["kernel benchmarks"] == "skipped (needs CUDA)"
-    assert all(status[p] == "ok" for p in ("kernel tests", "training step", "vgg19_c100 CGaP", "vgg19_c100 dense"))
+    assert all(status[p] == "ok" for p in ("kernel tests", "training step", *runs))
+    assert all("img/s" in row["figures"] for row in saved["rows"] if row["part"] in runs)
     assert "passed" in next(r["figures"] for r in saved["rows"] if r["part"] == "kernel tests")
     assert saved["environment"]["cgap_over_dense_wall"] > 0
+    assert 0 <= saved["environment"]["cgap_change_overhead_fraction"] < 1
+    assert saved["environment"]["dense_trainer_images_per_s"] > 0
+    assert saved["environment"]["auto_over_best_policy_wall"] > 0
     assert (written.parent / "gpu_check_logs" / "vgg19_c100_cgap.log").is_file()
     assert "DRY RUN" in (written.parent / "gpu_check_dry_run.md").read_text()
+
+
+def test_a_spent_budget_skips_the_parts_left(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--budget-s", "25", "--results-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (written,) = tmp_path.glob("*/gpu_check_dry_run.json")
+    rows = json.loads(written.read_text())["rows"]
+    assert rows[0]["status"] == "ok" and rows[-1]["status"] == "skipped (budget spent)"
+    assert all(row["limit_s"] <= 25 for row in rows if not row["status"].startswith("skipped"))
