@@ -40,7 +40,8 @@ class Health:
     def watch(self, loss: torch.Tensor, step: int) -> None:
         """Remember ``loss`` of (1-based) ``step`` if it is the first non-finite one, on the device (no sync)."""
         bad = torch.isfinite(loss).logical_not() & (self._first_bad[0] < 0)
-        seen = torch.stack([loss.new_tensor(step, dtype=torch.float64), loss.detach().double()])
+        # new_full fills on the device; new_tensor would copy from the host, and wait for the GPU to do it.
+        seen = torch.stack([loss.new_full((), step, dtype=torch.float64), loss.detach().double()])
         self._first_bad.copy_(torch.where(bad, seen, self._first_bad))
 
     def check(self) -> None:

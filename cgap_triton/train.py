@@ -332,7 +332,8 @@ class CGaPRecipe:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         p = self.progress
-        self.model.train()
+        if not self.model.training:  # train() walks every module: only after an evaluation
+            self.model.train()
         if self.graphed is not None:  # the whole step in one replay; the loss is checked as for "stop"
             if self.compiled.use_compiled != self._graph_compiled:  # compile.policy switched: capture that code
                 self._graph_compiled = self.compiled.use_compiled

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from . import reference
-from ._checks import check_channel_stats_args, check_gather_args, check_momentum, resolve_impl
+from ._checks import IMPLS, check_channel_stats_args, check_gather_args, check_momentum, resolve_impl
 from ._groups import GatherGroup, GroupOutput, check_gather_groups
 
 __all__ = [
@@ -299,10 +299,12 @@ def gather_channels_groups(
         Per group, one new contiguous tensor per entry (None for a consumed output).
     """
     checked = check_gather_groups(groups)
+    if not checked.groups:  # nothing to gather, so no device to run on: only the impl's name is checked
+        if impl not in IMPLS:
+            raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+        return []
     if resolve_impl(impl, checked.device) == "torch":
         return reference._gather_groups(checked)
-    if not checked.groups:
-        return []
     from .gather import gather_groups_triton
 
     return gather_groups_triton(checked)

@@ -81,3 +81,35 @@ def test_replays_train_as_the_eager_step_does():
     frozen = [p.detach().clone() for p in model.parameters()]
     graphed(*batch("cuda", 9), 9)  # lr 0 reaches the replay: only the momentum moves
     assert all(torch.allclose(a, b) for a, b in zip(frozen, model.parameters()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_trainers_step_never_waits_for_the_gpu(tmp_path):
+    """The trainer's whole step on CUDA — drawing and augmenting the batch, the graph replay, the loss watch and
+    the counters — makes no host sync (one would stall the queue a replay relies on); only the capture may."""
+    from pathlib import Path
+
+    from cgap_triton.recipe import load_recipe
+    from cgap_triton.train import CGaPRecipe
+
+    recipe = load_recipe(
+        Path(__file__).parent.parent / "recipes" / "shapes_vgg.toml",
+        ["data.shapes_images=300", "data.val_size=100", "data.test_size=50", "train.epochs=1", "train.device=cuda"]
+        + ["compile.enabled=false", "data.batch_size=32"],
+    )
+    trainer = CGaPRecipe(recipe, tmp_path / "run")
+    try:
+        trainer.setup()
+        assert trainer.graphed is not None  # auto: graphs on for one CUDA device
+        batches = trainer.batches.epoch(0)
+        trainer._train_step(*next(batches))  # the capture
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                loss, correct = trainer._train_step(*next(batches))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert trainer.graphed.captures == 1 and trainer.progress.step == 4
+        assert torch.isfinite(loss) and 0 <= int(correct) <= 32
+    finally:
+        trainer.cleanup()

@@ -463,9 +463,10 @@ def test_groups_equal_one_call_per_group(impl, launches):
     assert gather_channels_groups([], impl=impl) == []
 
 
-def test_groups_take_tuples_and_auto_is_the_twin_on_cpu():
+def test_groups_take_tuples_and_auto_is_the_twin_on_cpu_and_the_kernel_on_cuda():
     groups = [tuple(g) for g in three_groups()]
-    assert_groups(gather_channels_groups(groups), per_group(groups, "torch"))
+    auto = "triton" if groups[0][0][0].is_cuda else "torch"
+    assert_groups(gather_channels_groups(groups), per_group(groups, auto))
     assert_groups(reference.gather_channels_groups(groups), per_group(groups, "torch"))
 
 
@@ -597,16 +598,20 @@ def test_host_data_goes_in_one_buffer():
     """CPU index maps, then CPU vectors (deduplicated, float32), then the table: one buffer, one copy."""
     from cgap_triton.kernels._groups import check_gather_groups, host_layout, send
 
-    shared = torch.rand(3, dtype=torch.float64)
+    cpu = torch.device("cpu")  # host data, whatever device the tensors are on
+    shared = torch.rand(3, dtype=torch.float64, device=cpu)
     groups = [
-        GatherGroup([torch.randn(4, 2)], [0], torch.tensor([3, 0, -1]), [shared], [torch.rand(3)]),
-        GatherGroup([torch.randn(2, 5)], [1], torch.tensor([4, 1]), None, None),
-        GatherGroup([torch.randn(3)], [0], torch.tensor([0, 2, 1]), [shared], None),
+        GatherGroup(
+            [torch.randn(4, 2)], [0], torch.tensor([3, 0, -1], device=cpu), [shared], [torch.rand(3, device=cpu)]
+        ),
+        GatherGroup([torch.randn(2, 5)], [1], torch.tensor([4, 1], device=cpu), None, None),
+        GatherGroup([torch.randn(3)], [0], torch.tensor([0, 2, 1], device=cpu), [shared], None),
     ]
     checked = check_gather_groups(groups)
     layout = host_layout(checked)
     table = torch.arange(6, dtype=torch.int64).view(2, 3)
     buffer, table_offset = send(checked, layout, table, fix=lambda t, base: t.add_(base - base))
+    buffer, table = buffer.cpu(), table.cpu()
     assert buffer.numel() == table_offset + 48 and table_offset % 8 == 0
     for g, group in enumerate(groups):
         start = layout.index_offsets[g]
@@ -626,10 +631,15 @@ def bad_groups() -> list[GatherGroup]:
 
 
 BAD_GROUPS = {
-    "index above": (1, dict(index=torch.tensor([0, 3])), r"^groups\[1\]\.index: values must be in \[-1, 3\); found 3"),
+    # Index maps and std vectors given on the CPU are checked there (on the device they are not: no host sync).
+    "index above": (
+        1,
+        dict(index=torch.tensor([0, 3], device="cpu")),
+        r"^groups\[1\]\.index: values must be in \[-1, 3\); found 3",
+    ),
     "index below": (
         0,
-        dict(index=torch.tensor([0, -2, 1])),
+        dict(index=torch.tensor([0, -2, 1], device="cpu")),
         r"^groups\[0\]\.index: values must be in \[-1, 4\); found -2",
     ),
     "index dtype": (0, dict(index=torch.tensor([0], dtype=torch.int32)), r"^groups\[0\]\.index: expected dtype int64"),
@@ -647,8 +657,16 @@ BAD_GROUPS = {
     "scale length": (1, dict(scales=[None, torch.ones(3)]), r"^groups\[1\]\.scales\[1\]: expected shape \(4,\)"),
     "scale int": (0, dict(scales=[torch.ones(3, dtype=torch.int64), None]), r"^groups\[0\]\.scales\[0\]: expected"),
     "std negative": (1, dict(noise_stds=[-0.1, 0.0]), r"^groups\[1\]\.noise_stds\[0\]: expected a float >= 0"),
-    "std nan": (1, dict(noise_stds=[0.0, torch.tensor([0.1, NAN, 0.0, 0.0])]), r"^groups\[1\]\.noise_stds\[1\]: .*nan"),
-    "std inf": (0, dict(noise_stds=[torch.tensor([INF, 0.0, 0.0]), 0.0]), r"^groups\[0\]\.noise_stds\[0\]: .*inf"),
+    "std nan": (
+        1,
+        dict(noise_stds=[0.0, torch.tensor([0.1, NAN, 0.0, 0.0], device="cpu")]),
+        r"^groups\[1\]\.noise_stds\[1\]: .*nan",
+    ),
+    "std inf": (
+        0,
+        dict(noise_stds=[torch.tensor([INF, 0.0, 0.0], device="cpu"), 0.0]),
+        r"^groups\[0\]\.noise_stds\[0\]: .*inf",
+    ),
     "seed": (1, dict(seed=2**31), r"^groups\[1\]\.seed: expected an int in \[0, 2\*\*31\)"),
     "later group": (1, dict(tensors=[GroupOutput(1, 0), torch.randn(3)]), r"^groups\[1\]\.tensors\[0\]: .*earlier"),
     "no such output": (
@@ -685,7 +703,7 @@ def test_surgery_gathers_a_whole_change_in_one_launch(launches):
     states = []
     for impl in ("triton", "torch"):
         torch.manual_seed(0)
-        model = build_model(ModelSpec("vgg", 5, 3, 8, (6, "M", 5, 7)), None)
+        model = build_model(ModelSpec("vgg", 5, 3, 8, (6, "M", 5, 7)), None, device=torch.get_default_device())
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         model(torch.randn(2, 3, 8, 8)).square().mean().backward()
         opt.step()

@@ -60,3 +60,26 @@ def test_a_spent_budget_skips_the_parts_left(tmp_path):
     rows = json.loads(written.read_text())["rows"]
     assert rows[0]["status"] == "ok" and rows[-1]["status"] == "skipped (budget spent)"
     assert all(row["limit_s"] <= 25 for row in rows if not row["status"].startswith("skipped"))
+
+
+def test_only_names_a_part_or_says_which_exist(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_check",
+            "--dry-run",
+            "--only",
+            "kernel test",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert "--only: no part named 'kernel test'; expected one of 'kernel tests'," in result.stderr
