@@ -69,9 +69,9 @@ def check_float_tensor(name: str, t: object) -> torch.Tensor:
 
 def _element_offsets(t: torch.Tensor) -> torch.Tensor:
     """The offset (in elements, from ``t``'s first element) of every element of ``t``: 1-D int64 on the CPU."""
-    offsets = torch.zeros((), dtype=torch.int64)
+    offsets = torch.zeros((), dtype=torch.int64, device="cpu")
     for size, stride in zip(t.shape, t.stride()):
-        offsets = offsets[..., None] + torch.arange(size) * stride
+        offsets = offsets[..., None] + torch.arange(size, device="cpu") * stride
     return offsets.reshape(-1)
 
 

@@ -302,8 +302,11 @@ def _check_host_values(checked: CheckedGroups, stds: list[tuple[int, int, torch.
     if checked.host_index is not None and checked.host_index.numel():
         groups = [checked.groups[g] for g in checked.host_index_groups]
         sizes = [group.entries[0].shape[group.entries[0].dim] for group in groups]
-        lengths = torch.tensor([group.length for group in groups])
-        bound = torch.repeat_interleave(torch.tensor(sizes), lengths, output_size=checked.host_index.numel())
+        # On the CPU by name: a caller's torch.set_default_device must not move host checks to the GPU.
+        lengths = torch.tensor([group.length for group in groups], device="cpu")
+        bound = torch.repeat_interleave(
+            torch.tensor(sizes, device="cpu"), lengths, output_size=checked.host_index.numel()
+        )
         if bool(((checked.host_index < -1) | (checked.host_index >= bound)).any()):
             for g, group, size in zip(checked.host_index_groups, groups, sizes):
                 low, high = (int(v) for v in torch.aminmax(group.index)) if group.length else (0, 0)

@@ -98,18 +98,19 @@ def test_the_trainers_step_never_waits_for_the_gpu(tmp_path):
         + ["compile.enabled=false", "data.batch_size=32"],
     )
     trainer = CGaPRecipe(recipe, tmp_path / "run")
-    try:
-        trainer.setup()
-        assert trainer.graphed is not None  # auto: graphs on for one CUDA device
-        batches = trainer.batches.epoch(0)
-        trainer._train_step(*next(batches))  # the capture
-        torch.cuda.set_sync_debug_mode("error")
+    with torch.device("cpu"):  # no default device, as in a real run (gpu-check's tests make CUDA the default)
         try:
-            for _ in range(3):
-                loss, correct = trainer._train_step(*next(batches))
+            trainer.setup()
+            assert trainer.graphed is not None  # auto: graphs on for one CUDA device
+            batches = trainer.batches.epoch(0)
+            trainer._train_step(*next(batches))  # the capture
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                for _ in range(3):
+                    loss, correct = trainer._train_step(*next(batches))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            assert trainer.graphed.captures == 1 and trainer.progress.step == 4
+            assert torch.isfinite(loss) and 0 <= int(correct) <= 32
         finally:
-            torch.cuda.set_sync_debug_mode("default")
-        assert trainer.graphed.captures == 1 and trainer.progress.step == 4
-        assert torch.isfinite(loss) and 0 <= int(correct) <= 32
-    finally:
-        trainer.cleanup()
+            trainer.cleanup()

@@ -83,3 +83,17 @@ def test_only_names_a_part_or_says_which_exist(tmp_path):
     )
     assert result.returncode == 2
     assert "--only: no part named 'kernel test'; expected one of 'kernel tests'," in result.stderr
+
+
+def test_trainer_step_benchmark_dry_run():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.trainer_step", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "µs of host per step" in result.stdout and "Ordered by: internal time" in result.stdout

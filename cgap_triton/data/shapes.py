@@ -123,6 +123,11 @@ def class_parts(num_classes: int) -> list[tuple[int, int]]:
 def generate(n: int, num_classes: int = 10, seed: int = 0) -> Split:
     """``n`` synthetic images (uint8 [n, 3, 32, 32]) with balanced labels (int64), a pure function of the
     arguments: the same call gives the same images on any machine with the same torch."""
+    with torch.device("cpu"):  # drawn on the CPU whatever the caller's default device: the same images everywhere
+        return _generate(n, num_classes, seed)
+
+
+def _generate(n: int, num_classes: int, seed: int) -> Split:
     pairs = torch.tensor(class_parts(num_classes))
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % num_classes
