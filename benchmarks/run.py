@@ -38,7 +38,10 @@ def run_kernels(env, args, device) -> list[Path]:
     print("kernels (GPU):", flush=True)
     columns = ["workload", "dtype", "impl", "median_us", "gb_per_s", "pct_of_copy", "ours_speedup"]
     stats = kernels.bench_channel_stats(device)
-    notes = kernels.verdicts(stats) + ["ours_speedup: this row's time over the Triton kernel's time."]
+    notes = kernels.verdicts(stats) + [
+        "ours_speedup: this row's time over the prepared call's (triton plan, what the trainer runs each step).",
+        "triton call: the public channel_stats() with every check; graph replay: the plan's kernel alone.",
+    ]
     written = [_write("kernels_channel_stats", stats, env, args, title="channel_stats", columns=columns, notes=notes)]
     gather = kernels.bench_gather(training.vgg19_cifar100(), device)
     title = "gather_channels_many: one VGG-19 structural change (SGD momentum and saliency included)"

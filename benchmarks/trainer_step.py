@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = ROOT / "recipes" / "vgg19_c100.toml"
         overrides = [f"data.root={work / 'data'}", "compile.enabled=false"]
         steps = args.steps
-    overrides += ["dashboard.enabled=false", "train.epochs=1"]
+    overrides += ["dashboard.enabled=false"]
     row = measure(recipe, overrides, steps, work / "run")
     print(
         f"{row['recipe']} on {row['device']} (graphed: {row['graphed']}), batch {row['batch']}: draw "

@@ -143,3 +143,29 @@ def test_compile_policy_verdict():
     assert verdict["within_tolerance"] and verdict["auto_vs_best_fixed"] == pytest.approx(8.3 / 8.0)
     rows[2]["wall_seconds"] = 8.5
     assert not compile_policy.compare(rows)["within_tolerance"]
+
+
+def test_channel_stats_verdicts_read_the_prepared_call_and_its_device_time():
+    def row(dtype, impl, us, gbps=0.0, pct=0.0, speedup=1.0):
+        return {
+            "workload": "vgg19",
+            "dtype": dtype,
+            "impl": impl,
+            "median_us": us,
+            "gb_per_s": gbps,
+            "pct_of_copy": pct,
+            "ours_speedup": speedup,
+        }
+
+    rows = []
+    for dtype, replay_gbps in (("float32", 3000.0), ("bfloat16", 2400.0)):
+        rows += [
+            row(dtype, "triton plan", 55.0, pct=85.0),
+            row(dtype, "triton plan, graph replay", 50.0, gbps=replay_gbps),
+            row(dtype, "torch (a)", 600.0, speedup=11.0),
+            row(dtype, "torch.compile (b)", 150.0, speedup=2.5),
+        ]
+    lines = kernels.verdicts(rows)
+    assert "float32: 85% of copy bandwidth" in lines[0] and lines[0].endswith("targets met")
+    assert "1.10× its kernel's device time" in lines[1] and lines[1].endswith(": met")
+    assert "bf16 moves 0.80× the bytes per second of fp32" in lines[-1] and lines[-1].endswith("NOT met")
