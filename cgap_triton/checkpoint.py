@@ -1,6 +1,8 @@
 """Atomic checkpoints: written to a temporary file, fsynced, then renamed over the previous one.
 
 A reader never sees a truncated file: until the rename, the previous checkpoint stays whole.
+:class:`CheckpointWriter` does that on a background thread from a host copy of the state, so that training
+goes on while the file is serialised and synced.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import os
 import pickle
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,59 @@ def atomic_save(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def to_host(obj: Any) -> Any:
+    """A copy of ``obj`` that training can no longer change: every tensor copied to the CPU (a new tensor, also
+    for CPU tensors, which training updates in place), every dict, list and tuple rebuilt; other values kept."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_host(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_host(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_host(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints with :func:`atomic_save` on a background thread, one at a time.
+
+    :meth:`submit` takes a host copy (:func:`to_host`), so the caller may change its tensors at once; it first
+    waits for the write before it, so at most one copy is held and files land in order. A write's error (a
+    full disk, say) is raised by the next :meth:`submit` or :meth:`wait`, once; the previous file stays whole.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.path: Path | None = None  # the file being written, or the last one
+
+    def submit(self, state: Any, path: Path) -> None:
+        self.wait()
+        self.path = Path(path)
+        self._thread = threading.Thread(target=self._write, args=(state, self.path), name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, state: Any, path: Path) -> None:
+        try:
+            atomic_save(state, path)
+        except BaseException as err:  # raised in the training thread by the next submit() or wait()
+            self._error = err
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; raise its error, if it had one."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def atomic_write_text(text: str, path: Path) -> None:

@@ -20,7 +20,15 @@ import torch
 
 from . import runfolder, signals
 from .cgap import SaliencyTracker, Schedule, Structure, WidthChange
-from .checkpoint import CheckpointError, atomic_save, atomic_write_text, load_checkpoint, validate_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    CheckpointWriter,
+    atomic_save,
+    atomic_write_text,
+    load_checkpoint,
+    to_host,
+    validate_checkpoint,
+)
 from .compile import CompiledModel
 from .data import DataError, Dataset, load_dataset, make_batches
 from .distributed import World, all_reduce_mean_, any_rank, broadcast_value, init_from_env, shutdown, verify_identical
@@ -60,6 +68,7 @@ class CGaPRecipe:
         self._previous_handlers: dict | None = None
         self.world = World()
         self.folder = runfolder.RunFolder(self.out_dir)
+        self.writer = CheckpointWriter()  # checkpoints go to disk on a thread of their own
         self.finished = False
 
     # ------------------------------------------------------------------------------------------ setup
@@ -318,7 +327,7 @@ class CGaPRecipe:
                     self._decide()
                 p.wall_seconds = time.perf_counter() - started
                 if self._stop_requested:
-                    self.save_checkpoint()
+                    self.save_checkpoint(background=False)  # on disk before the process exits
                     raise Interrupted(self.latch.signum or signal.SIGTERM)
             self.health.check()
             p.epoch += 1
@@ -511,23 +520,41 @@ class CGaPRecipe:
             self.model, p.step, what, f"step {p.step} (epoch {p.epoch}, phase {self.schedule.phase})"
         )
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, *, background: bool = True) -> None:
+        """Write checkpoint.pt. ``background``: a host copy of the state is taken now and written (serialised,
+        fsynced, renamed into place) on the writer's thread while training goes on; a failed write stops the run
+        at the next checkpoint or at the end, the previous checkpoint unchanged."""
         self.health.check()  # never save weights that a non-finite loss has already touched
         self._check_finite_weights("the checkpoint")
         if not self.world.is_main:
             return
         p = self.progress
+        self._checkpoint_written()  # one host copy at a time, and the last write's failure reported
         self.telemetry.flush()
         # metrics.jsonl up to here belongs to this checkpoint; a resume cuts off what came after.
         state = checkpoint_state(self, _file_size(self.out_dir / "metrics.jsonl"))
+        path = self.out_dir / "checkpoint.pt"
         try:
-            atomic_save(state, self.out_dir / "checkpoint.pt")
+            if background:
+                self.writer.submit(to_host(state), path)
+            else:
+                atomic_save(state, path)
         except OSError as err:  # a full disk, say: the run cannot go on, and the user's input was fine
-            raise TrainingStopped(
-                f"{self.out_dir / 'checkpoint.pt'}: could not be written ({err.strerror}); the previous checkpoint, "
-                "if any, is unchanged"
-            ) from None
-        self.telemetry.log_event(CheckpointSaved(step=p.step, path=str(self.out_dir / "checkpoint.pt")))
+            raise self._write_failed(path, err) from None
+        self.telemetry.log_event(CheckpointSaved(step=p.step, path=str(path)))
+
+    def _checkpoint_written(self) -> None:
+        """Wait for the checkpoint being written in the background; a failed write stops the run."""
+        try:
+            self.writer.wait()
+        except OSError as err:
+            raise self._write_failed(self.writer.path, err) from None
+
+    @staticmethod
+    def _write_failed(path, err: OSError) -> TrainingStopped:
+        return TrainingStopped(
+            f"{path}: could not be written ({err.strerror or err}); the previous checkpoint, if any, is unchanged"
+        )
 
     def _check_same_recipe(self, state: dict) -> None:
         try:
@@ -543,6 +570,7 @@ class CGaPRecipe:
 
     def finish(self) -> dict[str, Any]:
         p = self.progress
+        self._checkpoint_written()
         self._check_finite_weights("model.pt")
         test_accuracy, test_loss = self.evaluate(self.test_split)
         model_file = {
@@ -582,6 +610,10 @@ class CGaPRecipe:
 
     def cleanup(self) -> None:
         """Close the sinks, release the folder; a run that never reached a checkpoint leaves nothing behind."""
+        try:  # the folder is judged by its checkpoint: the one being written lands first
+            self.writer.wait()
+        except OSError as err:  # the run is ending on another error already: say this one too
+            print(f"{self.writer.path}: could not be written ({err.strerror or err})", file=sys.stderr)
         telemetry = getattr(self, "telemetry", None)
         if telemetry is not None:
             telemetry.close()

@@ -169,3 +169,19 @@ def test_channel_stats_verdicts_read_the_prepared_call_and_its_device_time():
     assert "float32: 85% of copy bandwidth" in lines[0] and lines[0].endswith("targets met")
     assert "1.10× its kernel's device time" in lines[1] and lines[1].endswith(": met")
     assert "bf16 moves 0.80× the bytes per second of fp32" in lines[-1] and lines[-1].endswith("NOT met")
+
+
+def test_checkpoint_cost_runs_both_ways(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "benchmarks.checkpoint_cost", "--quick", "--results-dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=root, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (written,) = tmp_path.glob("*/checkpoint_cost.json")
+    rows = json.loads(written.read_text())["rows"]
+    assert [row["path"] for row in rows] == ["foreground", "background"]
+    assert all(row["blocked_ms"] > 0 and row["write_ms"] >= row["blocked_ms"] for row in rows)
+    assert not list(tmp_path.glob(".checkpoint-cost-*"))  # its temporary folder is gone
