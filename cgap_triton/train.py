@@ -432,12 +432,13 @@ class CGaPRecipe:
 
     def _saliency_spread(self) -> dict[str, list[float]]:
         """Per group, the 10th, 50th and 90th percentiles of the layer-normalised saliency S / mean(S)."""
-        spread = {}
-        for name, s in self.tracker.scores().items():
-            normalised = (s / s.mean().clamp(min=1e-30)).float()
-            q = torch.quantile(normalised, torch.tensor([0.1, 0.5, 0.9], device=normalised.device))
-            spread[name] = [round(v, 4) for v in q.tolist()]
-        return spread
+        scores = self.tracker.scores()
+        if not scores:
+            return {}
+        levels = torch.tensor([0.1, 0.5, 0.9]).to(next(iter(scores.values())).device, non_blocking=True)
+        quantiles = [torch.quantile((s / s.mean().clamp(min=1e-30)).float(), levels) for s in scores.values()]
+        rows = torch.stack(quantiles).tolist()  # one read from the device for every group
+        return {name: [round(v, 4) for v in row] for name, row in zip(scores, rows)}
 
     def _decide(self) -> None:
         p = self.progress

@@ -122,3 +122,30 @@ def test_event_records_keep_the_metrics_jsonl_names(kind):
     assert record["event"] == kind
     expected = {"event", "step", "epoch", "change", "widths", "params", "macs", "params_reduction", "changes"}
     assert set(record) == expected
+
+
+def test_the_logged_saliency_spread_is_each_groups_deciles_of_its_normalised_scores(tmp_path):
+    from pathlib import Path
+
+    from cgap_triton.recipe import load_recipe
+    from cgap_triton.train import CGaPRecipe
+
+    recipe = load_recipe(
+        Path(__file__).parent.parent / "recipes" / "shapes_vgg.toml",
+        ["data.shapes_images=300", "data.val_size=100", "data.test_size=50", "train.epochs=1"],
+    )
+    trainer = CGaPRecipe(recipe, tmp_path / "run")
+    try:
+        trainer.setup()
+        batches = trainer.batches.epoch(0)
+        for _ in range(3):
+            trainer._train_step(*next(batches))
+        spread = trainer._saliency_spread()
+        scores = trainer.tracker.scores()
+    finally:
+        trainer.cleanup()
+    assert list(spread) == list(scores)
+    for name, s in scores.items():
+        normalised = (s / s.mean()).double()
+        expected = [torch.quantile(normalised, q).item() for q in (0.1, 0.5, 0.9)]
+        assert spread[name] == pytest.approx(expected, abs=1e-4)
