@@ -147,7 +147,8 @@ def run_summary(out: Path) -> tuple[str, dict[str, Any]]:
         f"wall {s['wall_seconds']:.1f} s, {s['median_images_per_s']:.0f} img/s (median window), "
         f"{s['structural_changes']} changes ({s.get('structural_change_seconds', 0.0):.2f} s), train MACs "
         f"{s['train_macs_ratio']:.2f} of dense, compile {s['compile_seconds']:.1f} s ({s['recompiles']}), "
-        f"graphs {s.get('cuda_graph_captures', 0)} ({s.get('cuda_graph_capture_seconds', 0.0):.2f} s)"
+        f"graphs {s.get('cuda_graph_captures', 0)} ({s.get('cuda_graph_capture_seconds', 0.0):.2f} s, "
+        f"first steps at new shapes {s.get('cuda_graph_first_step_seconds', 0.0):.2f} s)"
     )
     return figures, s
 

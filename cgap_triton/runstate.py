@@ -123,6 +123,9 @@ def summary(run, test_accuracy: float, test_loss: float, prior_compile: dict) ->
         "structural_change_seconds": p.change_seconds,
         "cuda_graph_captures": run.graphed.captures if getattr(run, "graphed", None) is not None else 0,
         "cuda_graph_capture_seconds": run.graphed.capture_seconds if getattr(run, "graphed", None) is not None else 0.0,
+        "cuda_graph_first_step_seconds": (
+            run.graphed.first_step_seconds if getattr(run, "graphed", None) is not None else 0.0
+        ),
         "skipped_steps": p.skipped_steps,
         "steps": p.step,
         "epochs": run.recipe.train.epochs,

@@ -133,6 +133,9 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.captures = 0
         self.capture_seconds = 0.0
+        # Of which the first warm-up step at each new set of shapes (cuDNN's choice of algorithms and plans, the
+        # first allocations, the saliency plan): what a capture costs beyond replaying steps.
+        self.first_step_seconds = 0.0
 
     def invalidate(self) -> None:
         """Drop the graph and its memory pool (before a structural change frees the tensors it points at)."""
@@ -163,6 +166,9 @@ class GraphedStep:
         with torch.cuda.stream(side):
             for k in range(self.WARMUP):  # allocations, cuDNN choices and the saliency plan settle here
                 self.step(static_x, static_y, step + k)
+                if k == 0:
+                    side.synchronize()
+                    self.first_step_seconds += time.perf_counter() - started
         torch.cuda.current_stream().wait_stream(side)
         self._restore(saved)
         graph = torch.cuda.CUDAGraph()
