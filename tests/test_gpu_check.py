@@ -12,17 +12,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_dry_run_runs_every_part_and_writes_the_table(tmp_path):
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    """``python -m ARGS`` from the source tree, one thread, as ``make gpu-check`` runs it (no interpreter flag:
+    its parts set up their own)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)  # the parts set up their own
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--policies", "--results-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        env=env,
-    )
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+
+
+def test_dry_run_runs_every_part_and_writes_the_table(tmp_path):
+    result = run_module("benchmarks.gpu_check", "--dry-run", "--policies", "--results-dir", str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = result.stdout[result.stdout.rindex("make gpu-check (dry run)") :]  # printed last
     runs = ("vgg19_c100 CGaP", "vgg19_c100 dense", "vgg19_c100 CGaP, eager step")
@@ -45,16 +44,7 @@ def test_dry_run_runs_every_part_and_writes_the_table(tmp_path):
 
 
 def test_a_spent_budget_skips_the_parts_left(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--budget-s", "25", "--results-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        env=env,
-    )
+    result = run_module("benchmarks.gpu_check", "--dry-run", "--budget-s", "25", "--results-dir", str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (written,) = tmp_path.glob("*/gpu_check_dry_run.json")
     rows = json.loads(written.read_text())["rows"]
@@ -63,37 +53,12 @@ def test_a_spent_budget_skips_the_parts_left(tmp_path):
 
 
 def test_only_names_a_part_or_says_which_exist(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.gpu_check",
-            "--dry-run",
-            "--only",
-            "kernel test",
-            "--results-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=env,
-    )
+    result = run_module("benchmarks.gpu_check", "--dry-run", "--only", "kernel test", "--results-dir", str(tmp_path))
     assert result.returncode == 2
     assert "--only: no part named 'kernel test'; expected one of 'kernel tests'," in result.stderr
 
 
 def test_trainer_step_benchmark_dry_run():
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.trainer_step", "--dry-run"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=env,
-    )
+    result = run_module("benchmarks.trainer_step", "--dry-run")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "µs of host per step" in result.stdout and "Ordered by: internal time" in result.stdout
