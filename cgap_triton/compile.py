@@ -29,7 +29,7 @@ Why not one compilation for every width: ``torch.compile(dynamic=True)`` with dy
 counts symbolic under ``aot_eager`` (one compilation over twelve growth and pruning steps), but inductor's
 convolution lowering specialises the weight shapes again: the quickstart under inductor recompiled after
 every change (8 compilations of 16-28 s, then dynamo's recompile limit and an eager fallback), against 13
-static ones of 6-8 s (torch 2.14.1, CPU, 2026-11-30). So each phase compiles afresh.
+static ones of 5-10 s (torch 2.14.1, CPU, 2026-11-30). So each phase compiles afresh.
 """
 
 from __future__ import annotations
