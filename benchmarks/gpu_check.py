@@ -53,7 +53,7 @@ LIMITS = {  # an H200 took 50, >70, 52, 18, 18 and 23 s for these (2026-11-30); 
     "vgg19_c100 dense": 40,
     "vgg19_c100 CGaP, eager step": 45,
     "vgg19_c100 CGaP, policy never": 45,  # --policies: past the eight minutes
-    "vgg19_c100 CGaP, policy always": 240,
+    "vgg19_c100 CGaP, policy always": 100,  # never finished on an H200: 10 compilations of 14-21 s
 }
 # The real command line, with torchvision's md5 check of the CIFAR files off: random-pixel files cannot carry the
 # official checksums (the tests load their tiny official-format files the same way).
