@@ -6,7 +6,8 @@ in its own process with its own time limit, so that one failure or hang does not
 1. kernel tests on CUDA — the interpreter's parametrised cases with tensors on the GPU
    (``CGAP_TEST_DEVICE=cuda``), plus the sizes the interpreter cannot afford and the CUDA-graph step;
 2. kernel benchmarks (``benchmarks.run --parts kernels``);
-3. the training step eager / compiled / as one CUDA graph at batch 128 and 512 (``benchmarks.step_modes``);
+3. the training step eager / compiled / as one CUDA graph at batch 128 and 512 (``benchmarks.step_modes``), and
+   the real trainer's graphed step at the seed widths, its host time piece by piece (``benchmarks.trainer_step``);
 4. ``recipes/vgg19_c100.toml`` for 4 epochs, growing and pruning every 0.25 epoch, and its dense baseline, on
    CIFAR-100-sized files in the official format filled with random pixels (timing only: the accuracy means
    nothing); then the same CGaP run with ``train.cuda_graphs=false``, to show what the graphed step buys;
@@ -46,8 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Limits per part (seconds, below) add up to 470: the whole check stays under eight minutes with start-up.
 LIMITS = {  # an H200 took 50, >70, 52, 18, 18 and 23 s for these (2026-11-30); the rest is margin
     "kernel tests": 80,
-    "kernel benchmarks": 150,
-    "training step": 80,
+    "kernel benchmarks": 130,
+    "training step": 70,
+    "trainer step": 30,
     "warm-up": 30,
     "vgg19_c100 CGaP": 45,
     "vgg19_c100 dense": 40,
@@ -197,6 +199,12 @@ def run_parts(
         row = run_part(part, logs, dry)
         if part.name == "kernel tests" and "log" in row:
             row["figures"] = pytest_figures(Path(row["log"]))
+        elif part.name == "trainer step" and steps_json.with_name("trainer.json").is_file():
+            t = json.loads(steps_json.with_name("trainer.json").read_text())
+            row["figures"] = (
+                f"seed widths, batch {t['batch']}: {t['wall_ms_per_step']:.2f} ms/step, {t['images_per_s']:.0f} img/s; "
+                f"host {t['draw_us']:.0f} µs drawing the batch + {t['train_step_host_us']:.0f} µs in the step"
+            )
         elif part.name == "training step" and steps_json.is_file():
             row["figures"] = "; ".join(
                 f"{s['mode']} b{s['batch']} {s['images_per_s']:.0f} img/s" for s in json.loads(steps_json.read_text())
@@ -293,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
             "training step",
             [py, "-m", "benchmarks.step_modes", "--json", str(steps_json)] + (["--dry-run"] if dry else []),
             LIMITS["training step"],
+        ),
+        Part(
+            "trainer step",
+            [py, "-m", "benchmarks.trainer_step", "--json", str(steps_json.with_name("trainer.json"))]
+            + (["--dry-run"] if dry else []),
+            LIMITS["trainer step"],
         ),
         # Untimed: the first process of a fresh machine compiles the Triton kernels that surgery and the saliency
         # use (about 1 s on an H200); this run puts them in Triton's cache, so that no timed run pays for it.

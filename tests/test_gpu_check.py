@@ -26,15 +26,16 @@ def test_dry_run_runs_every_part_and_writes_the_table(tmp_path):
     table = result.stdout[result.stdout.rindex("make gpu-check (dry run)") :]  # printed last
     runs = ("vgg19_c100 CGaP", "vgg19_c100 dense", "vgg19_c100 CGaP, eager step")
     runs += ("vgg19_c100 CGaP, policy never", "vgg19_c100 CGaP, policy always")
-    for part in ("kernel tests", "kernel benchmarks", "training step", "warm-up", *runs):
+    for part in ("kernel tests", "kernel benchmarks", "training step", "trainer step", "warm-up", *runs):
         assert f"| {part} |" in table
     (written,) = tmp_path.glob("*/gpu_check_dry_run.json")
     saved = json.loads(written.read_text())
     status = {row["part"]: row["status"] for row in saved["rows"]}
     assert status["kernel benchmarks"] == "skipped (needs CUDA)"
-    assert all(status[p] == "ok" for p in ("kernel tests", "training step", "warm-up", *runs))
+    assert all(status[p] == "ok" for p in ("kernel tests", "training step", "trainer step", "warm-up", *runs))
     assert all("img/s" in row["figures"] for row in saved["rows"] if row["part"] in runs)
     assert "passed" in next(r["figures"] for r in saved["rows"] if r["part"] == "kernel tests")
+    assert "ms/step" in next(r["figures"] for r in saved["rows"] if r["part"] == "trainer step")
     assert saved["environment"]["cgap_over_dense_wall"] > 0
     assert 0 <= saved["environment"]["cgap_change_overhead_fraction"] < 1
     assert saved["environment"]["dense_trainer_images_per_s"] > 0
