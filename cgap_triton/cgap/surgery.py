@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import weakref
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,9 +61,9 @@ def apply_width_change(
         if group_change.init not in INITS:
             raise ValueError(f"change.groups[{name!r}].init: expected one of {INITS}, got {group_change.init!r}")
     before = model.widths
-    for p in model.parameters():
-        p.grad = None
     planner = _Planner(model, optimizer, saliency)
+    for p in planner.params.values():  # the model's parameters, from the table built once
+        p.grad = None
     for name, group_change in change.groups.items():
         group = groups[name]
         if planner.after_gather_reads & {qualname for qualname, _ in group.producers + group.consumers}:
@@ -202,17 +203,17 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
     init, noise, seed = change.init, change.noise, change.seed
     # The change's maps stay on the CPU: the batched gather checks them there and moves them in one copy.
     index, new = change.index.cpu(), change.new.cpu()
-    growing = kind == "grow" and bool(new.any())
+    is_new = new.numpy()  # the scales are small host vectors: numpy builds them for a fraction of torch's dispatch
+    growing = kind == "grow" and bool(is_new.any())
     old = half = None  # the scales below, used by growth only
     if growing:
-        old = new.logical_not().float()
-        # Units that gained a child this change: the parents of the new slots.
-        shared = torch.zeros_like(old)
+        old = torch.from_numpy((~is_new).astype(np.float32))
+        # A new unit and its parent share the parent's outgoing columns and saliency: 0.5 each, 1 elsewhere.
+        shares = np.ones(is_new.shape[0], dtype=np.float32)
         if init not in PARENTLESS:
-            parents = index[new]
-            shared[new] = 0.5
-            shared[parents] = 0.5
-        half = torch.where(shared > 0, shared, torch.ones_like(shared))
+            shares[is_new] = 0.5
+            shares[index.numpy()[is_new]] = 0.5
+        half = torch.from_numpy(shares)
 
     entry = planner.open(index.numel())
     add = entry.add
