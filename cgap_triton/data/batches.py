@@ -7,11 +7,12 @@ from collections.abc import Iterator
 import torch
 from einops import rearrange
 
+from .epochs import EpochBatches, epoch_generator, epoch_order
 from .imagefolder import FolderBatches, FolderSplit
 from .splits import Split
 
 
-class Batches:
+class Batches(EpochBatches):
     """Batches of one split, on the split's device, augmented and normalised as batched tensor ops.
 
     Every random draw is a pure function of (seed, epoch, batch): an epoch's order, crop offsets and
@@ -39,28 +40,25 @@ class Batches:
     ):
         if augment not in ("none", "crop", "crop_flip"):
             raise ValueError(f"augment: expected 'none', 'crop' or 'crop_flip', got {augment!r}")
-        self.split, self.batch_size, self.augment, self.pad = split, batch_size, augment, pad
-        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
-        # (rank, world size): this process takes every world-th image of each global batch, so that the
-        # ranks together see exactly the batches one process would, and each gathers only its own.
-        self.rank, self.world = shard
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        device = split.images.device
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
-        self.inv_std = (1.0 / torch.tensor(std, dtype=torch.float32)).view(1, -1, 1, 1).to(device)
-
-    def __len__(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.epoch(0)
+        super().__init__(
+            len(split),
+            batch_size,
+            mean,
+            std,
+            split.images.device,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=seed,
+            channels_last=channels_last,
+            shard=shard,
+        )
+        self.split, self.augment, self.pad = split, augment, pad
 
     def draws(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The epoch's (order, crop offsets [N, 2] in 0..2·pad, flips [N] bool), on the CPU."""
-        n = len(self.split)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        n = self.n
+        generator = epoch_generator(self.seed, epoch)
+        order = epoch_order(n, self.shuffle, generator)
         offsets = flips = None
         if self.augment != "none":
             offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator, dtype=torch.int32)
@@ -70,10 +68,9 @@ class Batches:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of ``epoch``, from batch ``start`` on: (normalised float images, int64 labels)."""
-        device = self.split.images.device
-        order, offsets, flips = (t if t is None else t.to(device) for t in self.draws(epoch))
+        order, offsets, flips = (t if t is None else t.to(self.device) for t in self.draws(epoch))
         for b in range(start, len(self)):
-            window = slice(b * self.batch_size + self.rank, (b + 1) * self.batch_size, self.world)
+            window = self.window(b)
             idx = order[window]
             images = self.split.images[idx]
             if offsets is not None:
@@ -82,7 +79,7 @@ class Batches:
                 images = torch.where(flips[window].view(-1, 1, 1, 1), images.flip(3), images)
             # Layout change on uint8 (a quarter of the float bytes); the float ops below keep it.
             images = images.contiguous(memory_format=self.memory_format)
-            yield (images.float() - self.mean) * self.inv_std, self.split.labels[idx]
+            yield self.normalise(images), self.split.labels[idx]
 
     def _crop(self, images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Random crop with zero padding: output pixel (i, j) is padded pixel (i + dy, j + dx)."""

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from .epochs import EpochBatches, epoch_generator, epoch_order
 from .splits import DataError
 
 if TYPE_CHECKING:
@@ -274,20 +275,18 @@ class _BatchKeys:
     """The DataLoader's batch sampler: the keys (epoch, index) of batches ``batches`` of one epoch, this
     rank's share of each. A resumed epoch starts at its batch here: nothing before it is decoded."""
 
-    def __init__(self, order: torch.Tensor, epoch: int, batches: range, batch_size: int, shard: tuple[int, int]):
-        self.order, self.epoch, self.batches, self.batch_size = order, epoch, batches, batch_size
-        self.rank, self.world = shard
+    def __init__(self, order: torch.Tensor, epoch: int, batches: range, window: Callable[[int], slice]):
+        self.order, self.epoch, self.batches, self.window = order, epoch, batches, window
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for b in self.batches:
-            window = self.order[b * self.batch_size + self.rank : (b + 1) * self.batch_size : self.world]
-            yield [(self.epoch, i) for i in window.tolist()]
+            yield [(self.epoch, i) for i in self.order[self.window(b)].tolist()]
 
 
-class FolderBatches:
+class FolderBatches(EpochBatches):
     """Batches of a FolderSplit on the split's device: the interface of ``Batches``, streamed from files.
 
     Images are decoded and augmented in ``workers`` DataLoader processes (0: in this one) into uint8
@@ -319,33 +318,30 @@ class FolderBatches:
     ):
         if augment not in ("none", "rrc_flip"):
             raise ValueError(f"augment: expected 'none' or 'rrc_flip' for images from files, got {augment!r}")
-        self.split, self.batch_size, self.augment = split, batch_size, augment
-        self.shuffle, self.drop_last, self.seed, self.shard = shuffle, drop_last, seed, shard
+        super().__init__(
+            len(split),
+            batch_size,
+            mean,
+            std,
+            split.device,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=seed,
+            channels_last=channels_last,
+            shard=shard,
+        )
+        self.split, self.augment = split, augment
         # None: the split's own, as data.image_size and data.workers set them when it was loaded.
         self.image_size = split.image_size if image_size is None else image_size
         self.workers = split.workers if workers is None else workers
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.device = split.device
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(self.device)
-        self.inv_std = (1.0 / torch.tensor(std, dtype=torch.float32)).view(1, -1, 1, 1).to(self.device)
-
-    def __len__(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.epoch(0)
 
     def order(self, epoch: int) -> torch.Tensor:
-        """The epoch's order of the split's images (the same generator and seed as ``Batches.draws``)."""
-        n = len(self.split)
-        if not self.shuffle:
-            return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        """The epoch's order of the split's images (the order ``Batches`` draws for the same seed and epoch)."""
+        return epoch_order(self.n, self.shuffle, epoch_generator(self.seed, epoch))
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of ``epoch``, from batch ``start`` on: (normalised float images, int64 labels)."""
-        keys = _BatchKeys(self.order(epoch), epoch, range(start, len(self)), self.batch_size, self.shard)
+        keys = _BatchKeys(self.order(epoch), epoch, range(start, len(self)), self.window)
         loader = DataLoader(
             _Decoder(self.split, self.augment, self.seed, self.image_size),
             batch_sampler=keys,
@@ -358,4 +354,4 @@ class FolderBatches:
                 more = f" (and {len(problems) - 1} more files of this batch)" if len(problems) > 1 else ""
                 raise DataError(problems[0] + more)
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            yield (images.float() - self.mean) * self.inv_std, labels.to(self.device, non_blocking=True)
+            yield self.normalise(images), labels.to(self.device, non_blocking=True)
