@@ -91,6 +91,7 @@ def restore(run, state: dict, path: Path) -> tuple[Progress, dict]:
 def summary(run, test_accuracy: float, test_loss: float, prior_compile: dict) -> dict[str, Any]:
     """``summary.json``'s fields for ``run`` at its end (``prior_compile``: counts of earlier processes)."""
     p, structure = run.progress, run.structure
+    graphed = getattr(run, "graphed", None)  # the CUDA-graph step, where the run has one
     return {
         "recipe": run.recipe_name,
         "data": run.data.name,
@@ -121,11 +122,9 @@ def summary(run, test_accuracy: float, test_loss: float, prior_compile: dict) ->
         "recompiles": run.compiled.compilations + prior_compile.get("compilations", 0),
         "compile_fallbacks": run.compiled.fallbacks + prior_compile.get("fallbacks", 0),
         "structural_change_seconds": p.change_seconds,
-        "cuda_graph_captures": run.graphed.captures if getattr(run, "graphed", None) is not None else 0,
-        "cuda_graph_capture_seconds": run.graphed.capture_seconds if getattr(run, "graphed", None) is not None else 0.0,
-        "cuda_graph_first_step_seconds": (
-            run.graphed.first_step_seconds if getattr(run, "graphed", None) is not None else 0.0
-        ),
+        "cuda_graph_captures": graphed.captures if graphed is not None else 0,
+        "cuda_graph_capture_seconds": graphed.capture_seconds if graphed is not None else 0.0,
+        "cuda_graph_first_step_seconds": graphed.first_step_seconds if graphed is not None else 0.0,
         "skipped_steps": p.skipped_steps,
         "steps": p.step,
         "epochs": run.recipe.train.epochs,
