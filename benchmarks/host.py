@@ -18,8 +18,8 @@ A second table: the host cost of one structural change of VGG-19 through ``apply
 ``impl="triton"``, launch stubbed the same way): a growth step from the seed (rate 0.25, copies of the most
 salient units, noise 0.01) and a pruning step at full width (15 % of the units), as ``benchmarks.training``
 plans them. Two paths: old, the per-group surgery (one ``gather_channels_many`` call per group, kept below as
-``per_group_apply_width_change``), and batched, today's surgery (every group planned, one
-``gather_channels_groups`` call, results assigned); the batched call alone is timed too. At real widths the
+``per_group_apply_width_change``), and batched, today's surgery (every group planned into one ``GatherBatch``,
+one launch, results assigned); the batch's run alone is timed too. At real widths the
 CPU also does the torch work on weights that a GPU would do asynchronously (the noise's std of each grown
 weight), so the change is also timed on VGG-19 at 1/8 width: the same 16 groups and tensors, the same host
 work, next to no data. One thread (``torch.set_num_threads(1)``): host work is serial, and a shared machine's
@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cgap_triton.kernels import ChannelStatsPlan, channel_stats, gather_channels_many
+from cgap_triton.kernels import ChannelStatsPlan, GatherBatch, channel_stats, gather_channels_many
+from cgap_triton.kernels._groups import CheckedGroup
 
 import cgap_triton.cgap.surgery as surgery
 from cgap_triton.cgap import SaliencyTracker, WidthChange
@@ -193,7 +194,7 @@ CHANGE_COLUMNS = ["workload", "change", "groups", "tensors", "path", "median_ms"
 CHANGE_COLUMNS += ["old_over_this", "target_ms"]
 OLD_PATH = "old: per-group gather_channels_many"
 BATCHED_PATH = "batched: apply_width_change"
-BATCHED_CALL = "batched: gather_channels_groups alone"
+BATCHED_CALL = "batched: the gather call alone (GatherBatch.run)"
 
 
 def change_workloads() -> dict[str, Workload]:
@@ -342,6 +343,16 @@ def time_ms(fn: Callable[[], Any], setup: Callable[[], Any], repeat: int, warmup
     return median, deciles[1], deciles[7]
 
 
+def _unrun(batch: GatherBatch) -> GatherBatch:
+    """A batch with the same groups as ``batch`` (which has run), ready to run again."""
+    again = GatherBatch()
+    again.checked.device = batch.checked.device
+    again.checked.groups = [
+        CheckedGroup([dataclasses.replace(e) for e in g.entries], g.index, g.seed) for g in batch.checked.groups
+    ]
+    return again
+
+
 def bench_width_change(
     workloads: dict[str, Workload] | None = None, *, repeat: int = 50, warmup: int = 3
 ) -> list[dict[str, Any]]:
@@ -376,12 +387,14 @@ def _bench_change(name: str, workload: Workload, kind: str, repeat: int, warmup:
         p.grad = None
     saliency = tracker.buffers
     snapshot = _Snapshot(model, optimizer, saliency)
-    captured = []
-    original = surgery.gather_channels_groups
+    captured: list[GatherBatch] = []
 
-    def capturing(groups, *, impl="auto"):
-        captured[:] = groups
-        return original(groups, impl=impl)
+    class Capturing(GatherBatch):
+        __slots__ = ()
+
+        def run(self, impl="auto"):
+            captured.append(self)
+            return super().run(impl)
 
     timed, launches = {}, {}
     with stubbed_gather() as grids:
@@ -391,20 +404,26 @@ def _bench_change(name: str, workload: Workload, kind: str, repeat: int, warmup:
                 apply(model, change, optimizer=optimizer, saliency=saliency, impl="triton")
 
             snapshot.restore()
-            surgery.gather_channels_groups = capturing
+            surgery.GatherBatch = Capturing
             try:
                 before = len(grids)
                 one_change()
                 launches[path] = len(grids) - before
             finally:
-                surgery.gather_channels_groups = original
+                surgery.GatherBatch = GatherBatch
             timed[path] = time_ms(one_change, snapshot.restore, repeat, warmup)
         snapshot.restore()
-        groups = list(captured)
-        timed[BATCHED_CALL] = time_ms(lambda: original(groups, impl="triton"), lambda: None, repeat, warmup)
+        if len(captured) != 1:
+            raise RuntimeError(f"{name} {kind}: surgery ran {len(captured)} batches, expected one")
+        batch = captured[0]
+        fresh: list[GatherBatch] = []
+        timed[BATCHED_CALL] = time_ms(
+            lambda: fresh[-1].run("triton"), lambda: fresh.append(_unrun(batch)), repeat, warmup
+        )
         launches[BATCHED_CALL] = launches[BATCHED_PATH]
+    groups = batch.checked.groups
     snapshot.restore()
-    tensors = sum(len(g.tensors) for g in groups)
+    tensors = sum(len(g.entries) for g in groups)
     old = timed[OLD_PATH][0]
     print(
         f"    {name} {kind}: {len(groups)} groups, {tensors} tensors: old {old:.2f} ms, batched "
@@ -433,7 +452,8 @@ CHANGE_NOTES = [
     "Host work only: CPU tensors, impl='triton', the kernel launch replaced by a no-op (outputs allocated, never "
     "written); one thread.",
     "old: the per-group surgery (one gather_channels_many per group, the noise std read on the host); batched: "
-    "apply_width_change planning every group, one gather_channels_groups call, assigning the results.",
+    "apply_width_change planning every group into one GatherBatch (no argument checks), one run, assigning the "
+    "results.",
     "At real widths the CPU also computes what a GPU computes asynchronously (the std of each grown weight, the "
     "replay of a weight another group rewrote): 'vgg19/8' is the same change structure with next to no data.",
     f"Target (batched, development CPU): ≤ {CHANGE_TARGET_MS:g} ms per VGG-19 change.",

@@ -18,11 +18,11 @@ its gradient, with the fused EMA — of VGG-19 and ResNet-110 at full width (CIF
 ``gather_channels_many`` over a whole structural change of VGG-19 group by group (conv weight, BN γ/β/running
 statistics, the consumer's input columns, their SGD momentum and the saliency buffer; a conv weight that one
 group's consumer columns and the next group's rows both rewrite goes through two calls, as surgery did before the
-batched form), and beside it the batched ``gather_channels_groups`` that surgery runs now (the same change in one
-launch, each such conv weight gathered once along both dims, the intermediate never stored; its row keeps the
-per-group byte count, so its GB/s is effective). The groups are captured from a real ``apply_width_change``: a
-growth step from the seed (rate 0.25, copies of the most salient units plus noise) and a pruning step at full
-width (15 % of the units).
+batched form), and beside it the batched ``gather_channels_groups`` (the call surgery makes, as a ``GatherBatch``:
+the same change in one launch, each such conv weight gathered once along both dims, the intermediate never
+stored; its row keeps the per-group byte count, so its GB/s is effective). The groups are captured from a real
+``apply_width_change``: a growth step from the seed (rate 0.25, copies of the most salient units plus noise)
+and a pruning step at full width (15 % of the units).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from cgap_triton.kernels import (
     ChannelStatsPlan,
+    GatherBatch,
+    GatherGroup,
     GroupOutput,
     channel_stats,
     gather_channels_groups,
@@ -150,28 +152,47 @@ def bench_channel_stats(device: torch.device) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- gather
 
 
+def as_gather_groups(batch: GatherBatch) -> list[GatherGroup]:
+    """A batch surgery built, as the arguments of the public ``gather_channels_groups``: a noise std given as a
+    vector times a device scalar becomes their product (the value the kernel multiplies). Tensors are detached:
+    surgery reassigns each Parameter's .data in place, which would reshape a kept reference."""
+    groups = []
+    for group in batch.checked.groups:
+        tensors, dims, scales, stds = [], [], [], []
+        for e in group.entries:
+            tensors.append(GroupOutput(*e.consumes) if e.source is None else e.source.detach())
+            dims.append(e.dim)
+            scales.append(e.scale)
+            std = e.std
+            if e.std_scale is not None:
+                std = std.to(e.std_scale.device).float() * e.std_scale
+            stds.append(std)
+        groups.append(GatherGroup(tensors, dims, group.index, scales, stds, group.seed))
+    return groups
+
+
 def capture_groups(workload: Workload, kind: str, device: torch.device) -> tuple[list, Any]:
     """The ``gather_channels_groups`` call of a real growth or pruning step (its groups), and the change."""
     widths, plan = change_cost_plan(workload, kind)
     trainer = Trainer(workload, widths, device)
     trainer.step()  # SGD momentum and saliency exist, as in training
     change = plan(trainer.model.widths, trainer.tracker.scores())
-    captured = []
-    original = surgery.gather_channels_groups
+    captured: list[GatherGroup] = []
 
-    def recording(groups, *, impl="auto"):
-        # detach(): surgery reassigns each Parameter's .data in place, which would reshape a kept reference
-        detached = [[t.detach() if isinstance(t, torch.Tensor) else t for t in g.tensors] for g in groups]
-        captured.extend(g._replace(tensors=tensors) for g, tensors in zip(groups, detached))
-        return original(groups, impl=impl)
+    class Recording(GatherBatch):
+        __slots__ = ()
 
-    surgery.gather_channels_groups = recording
+        def run(self, impl="auto"):
+            captured.extend(as_gather_groups(self))
+            return super().run(impl)
+
+    surgery.GatherBatch = Recording
     try:
         surgery.apply_width_change(
             trainer.model, with_noise(change, 0.01), optimizer=trainer.optimizer, saliency=trainer.tracker.buffers
         )
     finally:
-        surgery.gather_channels_groups = original
+        surgery.GatherBatch = GatherBatch
     return captured, change
 
 

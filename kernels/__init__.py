@@ -12,10 +12,12 @@ Public API (each with a pure-torch twin of the same signature in ``cgap_triton.k
 - :func:`gather_channels_groups` — many index maps (:class:`GatherGroup`: one ``gather_channels_many`` call each,
   a later one may take an earlier one's output, :class:`GroupOutput`) in one launch per dtype: a whole structural
   change of a model, with no host-device synchronisation.
+- :class:`GatherBatch` — the same call built entry by entry by a caller that vouches for its arguments (no
+  checks; a model's surgery): the prepared form of a structural change.
 
 ``impl`` selects the implementation: ``"auto"`` (Triton for CUDA tensors, the torch twin for CPU
 tensors), ``"triton"`` (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) or ``"torch"``.
-This package imports only torch (and triton when a Triton path runs): it works without triton.
+This package imports only torch (and triton and numpy when a Triton path runs): it works without triton.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ import torch
 
 from . import reference
 from ._checks import IMPLS, check_channel_stats_args, check_gather_args, check_momentum, resolve_impl
-from ._groups import GatherGroup, GroupOutput, check_gather_groups
+from ._groups import GatherBatch, GatherGroup, GroupOutput, check_gather_groups
 
 __all__ = [
     "ChannelStatsPlan",
+    "GatherBatch",
     "GatherGroup",
     "GroupOutput",
     "channel_stats",
@@ -289,7 +292,8 @@ def gather_channels_groups(
     EPYC, 1 thread, median): about 6–7 µs per tensor, a fifth of it the checks — 1.2 ms for a VGG-19 growth step
     (16 groups, 176 tensors, 30 of them chained) and 0.9–1.1 ms for a pruning step (15 groups, 165 tensors). The
     per-group calls this replaces also stopped the host at every index and std check and table copy on a GPU.
-    Each launch then adds Triton's own launch overhead.
+    Each launch then adds Triton's own launch overhead. A caller that builds the call itself and needs no checks
+    uses :class:`GatherBatch`: 0.56–0.89 ms for the same steps (VGG-19 at 1/8 width, the same tensors).
 
     Args:
         groups: a sequence of :class:`GatherGroup` (or plain tuples in its order).

@@ -54,6 +54,7 @@ class Entry:
     scale: torch.Tensor | None
     std: float | torch.Tensor
     consumer: tuple[int, int] | None = None  # the later (group, position) that reads this output, if any
+    std_scale: torch.Tensor | None = None  # a 0-d float32 tensor on the device multiplying a vector ``std``
 
 
 @dataclass(slots=True)
@@ -79,6 +80,104 @@ class CheckedGroups:
     host_vectors: list[torch.Tensor] = field(default_factory=list)  # distinct per-slice vectors given on the CPU
     host_vector_offsets: dict[int, int] = field(default_factory=dict)  # id(vector) -> first element in the float part
     host_vector_numel: int = 0
+
+
+class GatherBatch:
+    """A ``gather_channels_groups`` call built entry by entry by a caller that vouches for its arguments.
+
+    It holds what :func:`check_gather_groups` would return, without the checks: no type, shape, device, dim or
+    range check is made, and the caller must give tensors of a supported dtype on one device, dims in
+    ``[0, rank)``, one size along the dims of a group, int64 index maps of values in ``[-1, size)`` (on the CPU
+    or the device) and per-slice float vectors of the map's length. A structural change of a model is such a
+    call: its planner knows every shape, and building the batch costs a fraction of checking it. The Triton
+    kernel never reads out of bounds (an index outside ``[-1, size)`` reads as -1); the torch twin fails as
+    ``index_select`` does.
+
+    One addition to a ``GatherGroup``'s arguments: ``std_scale``, a 0-d float32 tensor on the device that
+    multiplies a vector ``std`` (noise relative to a statistic the device computed: the host never reads it).
+
+        batch = GatherBatch()
+        k = batch.add(weight, 0)                                  # group 0, output k
+        batch.close(index0, seed=1)
+        batch.add(GroupOutput(0, k), 1, scale=old)                # group 1 gathers that output along dim 1
+        batch.close(index1, seed=2)
+        results = batch.run(impl="auto")                          # as gather_channels_groups returns them
+
+    Host cost (``python -m benchmarks.host``, Triton path, launch stubbed; AMD EPYC): a VGG-19 growth step (16
+    groups, 176 tensors) runs in 0.89 ms, against 1.1 ms for the checked call.
+    """
+
+    __slots__ = ("checked", "_entries")
+
+    def __init__(self) -> None:
+        self.checked = CheckedGroups([], _CPU)
+        self._entries: list[Entry] = []  # of the group being built
+        self.checked.device = None  # type: ignore[assignment]  # the first tensor's
+
+    def add(
+        self,
+        tensor: torch.Tensor | GroupOutput,
+        dim: int,
+        scale: torch.Tensor | None = None,
+        std: float | torch.Tensor = 0.0,
+        std_scale: torch.Tensor | None = None,
+    ) -> int:
+        """Add (``tensor``, ``dim``) to the group being built; returns its position in that group."""
+        entries = self._entries
+        if type(tensor) is GroupOutput:
+            g, k = tensor
+            group = self.checked.groups[g]
+            produced = group.entries[k]
+            produced.consumer = (len(self.checked.groups), len(entries))
+            shape = list(produced.shape)
+            shape[produced.dim] = group.index.shape[0]
+            entries.append(Entry(None, (g, k), dim, tuple(shape), produced.dtype, scale, std, None, std_scale))
+        else:
+            if self.checked.device is None:
+                self.checked.device = tensor.device
+            entries.append(Entry(tensor, None, dim, tensor.shape, tensor.dtype, scale, std, None, std_scale))
+        return len(entries) - 1
+
+    def close(self, index: torch.Tensor, seed: int = 0) -> int:
+        """End the group being built with its index map and noise seed; returns the group's number."""
+        self.checked.groups.append(CheckedGroup(self._entries, index, seed))
+        self._entries = []
+        return len(self.checked.groups) - 1
+
+    def __len__(self) -> int:
+        return len(self.checked.groups)
+
+    def entry(self, g: int, k: int) -> Entry:
+        return self.checked.groups[g].entries[k]
+
+    def output_shape(self, g: int, k: int) -> tuple[int, ...]:
+        """The shape of output ``k`` of group ``g``."""
+        group = self.checked.groups[g]
+        entry = group.entries[k]
+        shape = list(entry.shape)
+        shape[entry.dim] = group.index.shape[0]
+        return tuple(shape)
+
+    def run(self, impl: str = "auto") -> list[list[torch.Tensor | None]]:
+        """The gathers, as :func:`cgap_triton.kernels.gather_channels_groups` returns them (once per batch)."""
+        from . import reference
+        from ._checks import IMPLS, resolve_impl
+
+        if self._entries:
+            raise ValueError("GatherBatch.run: the last group is not closed (call close(index, seed) first)")
+        checked = self.checked
+        if checked.device is None:  # no group: only the impl's name is checked
+            if impl not in IMPLS:
+                raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+            return []
+        if checked.host_index is not None or checked.host_vectors:
+            raise ValueError("GatherBatch.run: this batch has run already; build a new one")
+        collect_host_data(checked)
+        if resolve_impl(impl, checked.device) == "torch":
+            return reference._gather_groups(checked)
+        from .gather import gather_groups_triton
+
+        return gather_groups_triton(checked)
 
 
 def _name(g: int, arg: str, k: int | None = None) -> str:

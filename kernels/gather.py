@@ -13,7 +13,8 @@ as many levels as it needs (``INNER_DIMS``, two for a channels_last conv weight 
 that still has several levels is enumerated into several *segments*, each a contiguous block of the output.
 One int64 descriptor row per segment holds the source and output addresses (cast in the kernel with
 ``.to(tl.pointer_type(...))``, as in Triton's grouped-GEMM tutorial), sizes, strides, the address and length of
-its group's index map, its group's seed, the scale/std addresses and the first program id of the segment (a
+its group's index map, its group's seed, the scale/std addresses (and that of a device scalar multiplying the
+std, for noise relative to a statistic the host never reads) and the first program id of the segment (a
 prefix sum of its blocks of ``BLOCK`` output elements). Program ``pid`` finds its segment by counting the prefix
 sums ``<= pid``, then writes ``BLOCK`` consecutive output elements: stores are contiguous, loads follow the
 source strides; the position math costs two int32 divisions per element (one more per extra inner level).
@@ -51,12 +52,12 @@ tensor k from a ``torch.Generator`` seeded with ``seed + k``: the two paths agre
 
 from __future__ import annotations
 
-import array
 import contextlib
 import itertools
 import math
 import struct
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -82,20 +83,21 @@ SIZE = 8  # the source's size along the channel dim (an index outside [0, size) 
 SCALE = 9  # address of a float32 [length] scale along the channel dim, or 0
 STD = 10  # address of a float32 std, one per slice of the final gather's dim, or 0
 STD_VALUE = 11  # float32 bits of the std (1.0 when STD is given); 0 = no noise
-OUTER_STRIDE = 12  # source stride of the outer counter
-CHANNEL_STRIDE = 13  # source stride of the channel dim
-OUTER_INDEX = 14  # chained rows: address of the outer dim's int64 index map; 0 otherwise
-OUTER_SIZE = 15  # chained rows: the source's size along the outer dim
-OUTER_SCALE = 16  # chained rows: address of a float32 scale along the outer dim, or 0
-OUTER_FIRST = 17  # 1: the outer dim's gather comes first, the channel's is final; 0: the reverse
-INNER_NUMEL = 18  # product of the inner sizes
-INNER = 19  # then (size, source stride) per inner level, innermost first
+STD_SCALE = 12  # address of a float32 scalar on the device multiplying the std, or 0
+OUTER_STRIDE = 13  # source stride of the outer counter
+CHANNEL_STRIDE = 14  # source stride of the channel dim
+OUTER_INDEX = 15  # chained rows: address of the outer dim's int64 index map; 0 otherwise
+OUTER_SIZE = 16  # chained rows: the source's size along the outer dim
+OUTER_SCALE = 17  # chained rows: address of a float32 scale along the outer dim, or 0
+OUTER_FIRST = 18  # 1: the outer dim's gather comes first, the channel's is final; 0: the reverse
+INNER_NUMEL = 19  # product of the inner sizes
+INNER = 20  # then (size, source stride) per inner level, innermost first
 ADDRESS_COLUMNS = (INDEX, SCALE, STD, OUTER_INDEX, OUTER_SCALE)  # may hold a staged address (a marker at first)
 # The same, for the kernel (a jitted function reads only constexpr globals).
 _SRC, _DST, _FIRST_BLOCK, _NUMEL = tl.constexpr(SRC), tl.constexpr(DST), tl.constexpr(FIRST_BLOCK), tl.constexpr(NUMEL)
 _NOISE_OFFSET, _SEED, _INDEX = tl.constexpr(NOISE_OFFSET), tl.constexpr(SEED), tl.constexpr(INDEX)
 _LENGTH, _SIZE, _SCALE, _STD = tl.constexpr(LENGTH), tl.constexpr(SIZE), tl.constexpr(SCALE), tl.constexpr(STD)
-_STD_VALUE, _OUTER_STRIDE = tl.constexpr(STD_VALUE), tl.constexpr(OUTER_STRIDE)
+_STD_VALUE, _STD_SCALE, _OUTER_STRIDE = tl.constexpr(STD_VALUE), tl.constexpr(STD_SCALE), tl.constexpr(OUTER_STRIDE)
 _CHANNEL_STRIDE, _OUTER_INDEX = tl.constexpr(CHANNEL_STRIDE), tl.constexpr(OUTER_INDEX)
 _OUTER_SIZE, _OUTER_SCALE = tl.constexpr(OUTER_SIZE), tl.constexpr(OUTER_SCALE)
 _OUTER_FIRST, _INNER_NUMEL, _INNER = tl.constexpr(OUTER_FIRST), tl.constexpr(INNER_NUMEL), tl.constexpr(INNER)
@@ -116,7 +118,7 @@ def _round(x, DTYPE: tl.constexpr):
 
 @triton.jit
 def _gather_channels_kernel(
-    desc_ptr,  # [n_segments, 19 + 2 * INNER_DIMS] int64: outputs, sources, index maps and geometry (columns above)
+    desc_ptr,  # [n_segments, 20 + 2 * INNER_DIMS] int64: outputs, sources, index maps and geometry (columns above)
     n_segments,
     DTYPE: tl.constexpr,
     INNER_DIMS: tl.constexpr,
@@ -206,6 +208,9 @@ def _gather_channels_kernel(
             std = tl.zeros([BLOCK], dtype=tl.float32) + std_value
             if std_address != 0:
                 std = std * tl.load(std_address.to(tl.pointer_type(tl.float32)) + final, mask=mask, other=0.0)
+            std_scale = tl.load(row + _STD_SCALE)
+            if std_scale != 0:
+                std = std * tl.load(std_scale.to(tl.pointer_type(tl.float32)))
             x = x + tl.randn(tl.load(row + _SEED), tl.load(row + _NOISE_OFFSET) + flat) * std
     dst = tl.load(row + _DST).to(tl.pointer_type(DTYPE))
     tl.store(dst + flat, _round(x, DTYPE), mask=mask)
@@ -238,7 +243,7 @@ def _levels(shape, strides, dims) -> list[tuple[int, int]]:
 
 def _single_rows(src: torch.Tensor, dim: int, dst: int, head: list) -> list[list]:
     """Descriptor rows gathering ``src`` along ``dim`` into a contiguous output at ``dst``; ``head`` holds the
-    columns NOISE_OFFSET to STD_VALUE (LENGTH among them).
+    columns NOISE_OFFSET to STD_SCALE (LENGTH among them).
 
     Adjacent non-channel dims merge where the strides allow; outer levels left beyond the innermost one are
     enumerated, one segment (a contiguous block of the output) per combination of them.
@@ -346,16 +351,32 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
                 outs.append(None)  # computed by its consumer's chained rows, never stored
                 noise_offset += out_numel
                 continue
-            std, scale = entry.std, entry.scale
+            std, scale, std_scale = entry.std, entry.scale, entry.std_scale
             if type(std) is float:
                 std_address, std_bits = 0, (_float_bits(std) if std else 0)
             else:
                 std_address, std_bits = address(std), _ONE_BITS
-            head = [noise_offset, seed, index_address, length, entry.shape[dim], address(scale), std_address, std_bits]
+            if std_scale is not None and std_bits:
+                keep_alive.append(std_scale.to(device, torch.float32))
+                std_scale = keep_alive[-1].data_ptr()
+            else:
+                std_scale = 0
+            scale_address = 0 if scale is None else address(scale)
+            head = [noise_offset, seed, index_address, length, entry.shape[dim], scale_address, std_address, std_bits]
+            head.append(std_scale)
             out = empty(out_shape, dtype=entry.dtype, device=device)
             wave = 0
-            if entry.consumes is None:
-                rows = _single_rows(entry.source, dim, out.data_ptr(), head)
+            source = entry.source
+            if source is not None and source.is_contiguous():  # the usual row, without the general layout search
+                inner_numel = math.prod(out_shape[dim + 1 :])
+                rows = [
+                    [source.data_ptr(), out.data_ptr(), 0, out_numel, *head, entry.shape[dim] * inner_numel]
+                    + [inner_numel, *_UNCHAINED, inner_numel, inner_numel, 1]
+                ]
+                if not out_numel:
+                    rows = []
+            elif source is not None:
+                rows = _single_rows(source, dim, out.data_ptr(), head)
             else:
                 pg, pk = entry.consumes
                 stored = intermediates.get((pg, pk))
@@ -391,25 +412,31 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict) -> N
         return
     inner_dims = max((len(row) - INNER) // 2 for rows in launches.values() for row in rows)
     fields = INNER + 2 * inner_dims
-    table, plan = array.array("q"), []
+    flat: list[int] = []
+    chunks = []  # (dtype, first row, rows)
+    n_rows = 0
     for (_, dtype), rows in sorted(launches.items(), key=lambda item: item[0][0]):
         for start in range(0, len(rows), MAX_SEGMENTS):
             chunk = rows[start : start + MAX_SEGMENTS]
-            largest = max(row[NUMEL] for row in chunk)
-            block = max(MIN_BLOCK, min(MAX_BLOCK, triton.next_power_of_2(largest)))
-            n_blocks, scaled, noisy, chained = 0, False, False, False
+            chunks.append((dtype, n_rows, len(chunk)))
+            n_rows += len(chunk)
             for row in chunk:
-                row[FIRST_BLOCK] = n_blocks
-                n_blocks += -(-row[NUMEL] // block)
-                scaled = scaled or row[SCALE] != 0
-                noisy = noisy or row[STD_VALUE] != 0
-                chained = chained or row[OUTER_INDEX] != 0
-                table.extend(row)
+                flat += row
                 if len(row) < fields:  # unit levels outside the real ones change no offset
-                    table.extend([1, 0] * ((fields - len(row)) // 2))
-            plan.append((len(chunk), dtype, block, n_blocks, largest, scaled, noisy, chained))
-    host = torch.frombuffer(table, dtype=torch.int64).view(-1, fields)
-    buffer, offset = send(checked, layout, host, fix=_fix_staged_addresses)
+                    flat += [1, 0] * ((fields - len(row)) // 2)
+    table = np.array(flat, dtype=np.int64).reshape(n_rows, fields)
+    plan = []
+    for dtype, first, n_segments in chunks:
+        rows = table[first : first + n_segments]
+        numel = rows[:, NUMEL]
+        largest = int(numel.max())
+        block = max(MIN_BLOCK, min(MAX_BLOCK, triton.next_power_of_2(largest)))
+        blocks = -(-numel // block)
+        ends = np.cumsum(blocks)
+        rows[:, FIRST_BLOCK] = ends - blocks
+        scaled, noisy, chained = (bool(rows[:, column].any()) for column in (SCALE, STD_VALUE, OUTER_INDEX))
+        plan.append((n_segments, dtype, block, int(ends[-1]), largest, scaled, noisy, chained))
+    buffer, offset = send(checked, layout, torch.from_numpy(table), fix=_fix_staged_addresses)
     # Triton launches on the current CUDA device: make it the tensors' one.
     with torch.cuda.device(buffer.device) if buffer.is_cuda else contextlib.nullcontext():
         for n_segments, dtype, block, n_blocks, largest, scaled, noisy, chained in plan:
@@ -430,9 +457,9 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict) -> N
 
 
 def _fix_staged_addresses(table: torch.Tensor, base: int) -> None:
-    """Turn the markers ``-1 - offset`` of staged data into addresses in the buffer at ``base`` (torch ops)."""
-    columns = table[:, ADDRESS_COLUMNS]
-    table[:, ADDRESS_COLUMNS] = torch.where(columns < 0, (base - 1) - columns, columns)
+    """Turn the markers ``-1 - offset`` of staged data into addresses in the buffer at ``base`` (on the host)."""
+    columns = table.numpy()[:, ADDRESS_COLUMNS]
+    table.numpy()[:, ADDRESS_COLUMNS] = np.where(columns < 0, (base - 1) - columns, columns)
 
 
 def gather_channels_many_triton(tensors, dims, index, *, scales, noise_stds, seed) -> list[torch.Tensor]:

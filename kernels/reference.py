@@ -134,6 +134,7 @@ def _gather_groups(checked: CheckedGroups) -> list[list[torch.Tensor | None]]:
         dims = [entry.dim for entry in group.entries]
         scales = [None if e.scale is None else moved.get(id(e.scale), e.scale) for e in group.entries]
         stds = [moved.get(id(e.std), e.std) if isinstance(e.std, torch.Tensor) else e.std for e in group.entries]
+        stds = [s if e.std_scale is None else s.float() * e.std_scale for s, e in zip(stds, group.entries)]
         results.append(_gather(tensors, dims, index, scales, stds, group.seed))
     return results
 

@@ -17,6 +17,7 @@ import sys
 import pytest
 import torch
 from cgap_triton.kernels import (
+    GatherBatch,
     GatherGroup,
     GroupOutput,
     gather_channels,
@@ -502,6 +503,60 @@ def test_chained_groups_equal_calls_in_sequence(dtype, rows_first, impl, launche
     assert_groups(actual, per_group(groups, impl))
     if impl == "triton":
         assert calls == (1 if dtype == torch.float32 else 2)  # the float32 vector of group 1 aside
+
+
+def as_batch(groups, std_scales=None) -> GatherBatch:
+    """``groups`` built into a GatherBatch entry by entry (dims made non-negative, as its callers give them);
+    ``std_scales[(g, k)]`` a device scalar multiplying that entry's vector std."""
+    batch = GatherBatch()
+    for g, (tensors, dims, index, scales, stds, seed) in enumerate(groups):
+        for k, (t, dim) in enumerate(zip(tensors, dims)):
+            rank = len(t.shape) if isinstance(t, torch.Tensor) else batch.output_shape(*t).__len__()
+            scale = None if scales is None else scales[k]
+            std = 0.0 if stds is None else stds[k]
+            assert batch.add(t, dim % rank, scale, std, (std_scales or {}).get((g, k))) == k
+        assert batch.close(index, seed) == g
+    return batch
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("case", ["three groups", "a chain"])
+def test_a_gather_batch_is_the_checked_call(case, impl, launches):
+    """Built entry by entry without checks, a GatherBatch gives what gather_channels_groups gives for the same
+    groups, bit for bit, noise included, in as many launches."""
+    groups = three_groups() if case == "three groups" else conv_chain(torch.bfloat16, rows_first=False)
+    expected = gather_channels_groups(groups, impl=impl)
+    calls = len(launches)
+    assert_groups(as_batch(groups).run(impl), expected)
+    assert len(launches) == 2 * calls
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_a_device_scalar_scales_a_vector_std(impl):
+    """std_scale multiplies a vector std on the device: the same noise as the product given as the std (bit for
+    bit on one path), for a plain row and for the second gather of a chained one."""
+    groups = conv_chain(torch.float32, rows_first=True)
+    scalar = torch.tensor(0.37)
+    g1_std, other = groups[1].noise_stds[0], torch.full((groups[1].index.numel(),), 0.2)
+    scaled = [groups[0], groups[1]._replace(noise_stds=[g1_std * scalar, 0.0, other * scalar])]
+    plain = groups[1]._replace(noise_stds=[g1_std, 0.0, other])
+    batch = as_batch([groups[0], plain], std_scales={(1, 0): scalar, (1, 2): scalar})
+    assert_groups(batch.run(impl), gather_channels_groups(scaled, impl=impl))
+
+
+def test_a_gather_batch_runs_once_and_closed(launches):
+    batch = GatherBatch()
+    assert batch.run("torch") == [] and batch.run("triton") == []  # nothing to gather, no launch
+    with pytest.raises(ValueError, match="impl: expected one of"):
+        batch.run("cuda")
+    batch.add(torch.randn(4, 3), 1)
+    with pytest.raises(ValueError, match="not closed"):
+        batch.run("triton")
+    batch.close(torch.tensor([2, -1, 0]))
+    [[out]] = batch.run("triton")
+    assert out.shape == (4, 3) and len(launches) == 1
+    with pytest.raises(ValueError, match="has run already"):
+        batch.run("triton")
 
 
 @pytest.mark.parametrize("case", ["noise on the first", "same dim twice", "dims apart", "three in a row"])

@@ -153,3 +153,23 @@ def test_triton_surgery_computes_what_the_reference_surgery_computes(init):
         assert torch.equal(state_t[key], state_r[key]), key
     assert all(torch.equal(a, b) for a, b in zip(mom_t, mom_r))
     assert all(torch.equal(sal_t[k], sal_r[k]) for k in sal_r)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_noise_on_copied_filters_is_relative_to_the_weight_as_earlier_groups_leave_it(impl):
+    """A child is its parent plus noise of std ``noise × std(weight)``, the weight taken as the change's earlier
+    groups leave it (a conv's new input columns are zeros by then). The Triton path scales the noise by that std on
+    the device; both paths must draw noise of that size."""
+    spec = ModelSpec("vgg", 5, 3, 8, (16, "M", 32, 32))
+    model, opt = trained(spec)
+    w2 = model.features.conv2.conv.weight.detach().clone()
+    noise, count = 0.5, 8
+    apply_width_change(
+        model, grow_all(model, count=count, init="copy_zero_out", noise=noise, seed=5), optimizer=opt, impl=impl
+    )
+    grown = model.features.conv2.conv.weight.detach()  # [32 + 8, 16 + 8, 3, 3]
+    as_left = torch.cat([w2, torch.zeros(32, count, 3, 3)], 1)  # conv1's growth zeroed its new input columns
+    drawn = (grown[32:] - as_left[:count]) / (noise * float(as_left.std()))
+    assert 0.9 < float(drawn.std()) < 1.1, float(drawn.std())
+    assert abs(float(drawn.mean())) < 0.1
+    assert torch.equal(grown[:32], as_left)  # parents carry no noise

@@ -1,11 +1,13 @@
 """Surgery: apply a WidthChange to a model, its optimizer state and its saliency buffers, in place.
 
-Each group is planned as one gather (a ``GatherGroup``: one index map) covering its producers (filters, BN γ/β,
-running statistics), its consumers (the next layer's input columns), the optimizer state of each of those
-parameters and the group's saliency buffer; a tensor an earlier group of the change already rewrites (a conv
-weight that is one group's consumer and the next group's producer) is taken as that group's output. The whole
-change then runs as one ``gather_channels_groups`` call (one launch per dtype on GPU, no host-device sync), the
-results are assigned group by group, and last come the growth rules' per-group steps after the gather.
+Each group is planned as one gather (one index map) covering its producers (filters, BN γ/β, running
+statistics), its consumers (the next layer's input columns), the optimizer state of each of those parameters
+and the group's saliency buffer; a tensor an earlier group of the change already rewrites (a conv weight that
+is one group's consumer and the next group's producer) is taken as that group's output. The whole change is
+built into one ``GatherBatch`` (the prepared form of ``gather_channels_groups``: surgery knows every shape, so
+nothing is checked again) and runs as one launch per dtype on GPU, with no host-device sync; the results are
+assigned group by group, and last come the growth rules' per-group steps after the gather. The noise on a
+copied filter is relative to the std of its weight, a device scalar the kernel reads: the host never waits.
 Parameters keep their identity (``p.data`` is replaced), so the optimizer needs no rebuild.
 
 Callers must drop every tensor that still holds an autograd graph (the last loss) first: such a
@@ -21,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..kernels import GatherGroup, GroupOutput, gather_channels_groups, reference
+from ..kernels import GatherBatch, GroupOutput, reference
+from ..kernels._checks import resolve_impl
 from ..models import GrowableNet
 from ..models.graph import Span
 from .change import GroupChange, WidthChange
@@ -61,7 +64,7 @@ def apply_width_change(
         if group_change.init not in INITS:
             raise ValueError(f"change.groups[{name!r}].init: expected one of {INITS}, got {group_change.init!r}")
     before = model.widths
-    planner = _Planner(model, optimizer, saliency)
+    planner = _Planner(model, optimizer, saliency, impl)
     for p in planner.params.values():  # the model's parameters, from the table built once
         p.grad = None
     for name, group_change in change.groups.items():
@@ -70,7 +73,7 @@ def apply_width_change(
             # An earlier group's step after the gather touches a tensor this group gathers: run what is
             # planned first, so that each sees the other as in sequence (not with the groups in model order).
             _run(planner, change.kind, impl)
-            planner = _Planner(model, optimizer, saliency)
+            planner = _Planner(model, optimizer, saliency, impl)
         _plan_group(planner, group, group_change, change.kind)
         if _has_after_gather(group_change, change.kind):
             planner.after_gather_reads.update(qualname for qualname, _ in group.producers)
@@ -78,7 +81,7 @@ def apply_width_change(
     if spans:
         if planner.after_gather_reads & {s.tensor for s in spans}:
             _run(planner, change.kind, impl)
-            planner = _Planner(model, optimizer, saliency)
+            planner = _Planner(model, optimizer, saliency, impl)
         for span in spans:
             _plan_span(planner, span, change, before)
     _run(planner, change.kind, impl)
@@ -87,7 +90,7 @@ def apply_width_change(
 
 def _run(planner: _Planner, kind: str, impl: str) -> None:
     """The planned groups' gathers in one call, their results assigned, then their steps after the gather."""
-    results = gather_channels_groups(planner.gathers, impl=impl)
+    results = planner.batch.run(impl)
     for targets, outputs in zip(planner.targets, results):
         _assign_results(planner, targets, outputs)
     for group, group_change in planner.groups:
@@ -98,28 +101,29 @@ def _run(planner: _Planner, kind: str, impl: str) -> None:
 
 
 class _Planner:
-    """Collects each group's gather as the per-group surgery ran it, the groups taken one after the other: a
-    target (parameter or buffer, optimizer state, saliency) that an earlier group of the change rewrites is read
-    as that group's output (a ``GroupOutput``), and whatever a group reads of its value (shape, std) is the value
-    the earlier groups leave."""
+    """Builds each group's gather as the per-group surgery ran it, the groups taken one after the other, into
+    one :class:`GatherBatch` (the planner knows every shape: nothing is checked again): a target (parameter or
+    buffer, optimizer state, saliency) that an earlier group of the change rewrites is read as that group's
+    output (a ``GroupOutput``), and whatever a group reads of its value (shape, std) is the value the earlier
+    groups leave."""
 
-    def __init__(self, model, optimizer, saliency):
+    def __init__(self, model, optimizer, saliency, impl):
         self.model, self.optimizer, self.saliency = model, optimizer, saliency
         # Parameters and modules by name, for the many lookups of a change (``model.tensor`` walks the path each
         # time); built once per model, since surgery keeps every module and Parameter object.
         self.params, modules = _tables(model)
         self.modules = modules if type(model).tensor is GrowableNet.tensor else None
-        self.gathers: list[GatherGroup] = []
+        self.twin = resolve_impl(impl, next(iter(self.params.values())).device) == "torch"
+        self.batch = GatherBatch()
         self.targets: list[list[tuple]] = []
         self.latest: dict[tuple, tuple[int, int]] = {}  # target -> (group, position) of the output holding it
-        self.shapes: dict[tuple[int, int], torch.Size] = {}  # (group, position) -> output shape
         self.groups: list[tuple] = []  # (group, its change) in order
         self.after_gather_reads: set[str] = set()  # tensors that planned groups' steps after the gather touch
         self.fills: list[tuple] = []  # (span tensor, dim, new-column mask, value): parentless units' BatchNorm
 
     def open(self, width: int) -> _Entry:
         """A new gather (one index map of ``width`` slots): add its tensors, then close it with the map."""
-        return _Entry(self, len(self.gathers), width)
+        return _Entry(self, len(self.batch), width)
 
     def tensor(self, qualname: str) -> torch.Tensor:
         """``model.tensor(qualname)``, the module found in the table built once."""
@@ -127,10 +131,10 @@ class _Planner:
         module = None if self.modules is None else self.modules.get(module_name)
         return self.model.tensor(qualname) if module is None else getattr(module, attr)
 
-    def shape(self, target, tensor: torch.Tensor) -> torch.Size:
+    def shape(self, target, tensor: torch.Tensor) -> tuple[int, ...]:
         """The shape ``target`` has after the groups planned so far."""
         earlier = self.latest.get(target)
-        return tensor.shape if earlier is None else self.shapes[earlier]
+        return tensor.shape if earlier is None else self.batch.output_shape(*earlier)
 
     def value(self, target, tensor: torch.Tensor) -> torch.Tensor:
         """The value ``target`` has after the groups planned so far: the earlier gathers of it replayed with the
@@ -139,14 +143,31 @@ class _Planner:
         return tensor if earlier is None else self._replay(*earlier)
 
     def _replay(self, g: int, k: int) -> torch.Tensor:
-        gather = self.gathers[g]
-        src = gather.tensors[k]
-        src = self._replay(*src) if isinstance(src, GroupOutput) else src
-        scale, std = gather.scales[k], gather.noise_stds[k]
+        group = self.batch.checked.groups[g]
+        entry = group.entries[k]
+        src = entry.source if entry.consumes is None else self._replay(*entry.consumes)
+        index, scale, std = group.index, entry.scale, entry.std
+        if (
+            src.dtype == torch.float32
+            and (scale is None or scale.dtype == torch.float32)
+            and not isinstance(std, torch.Tensor)
+            and not std
+            and index.device.type == "cpu"
+            and not (index.numpy() < 0).any()
+        ):
+            # The twin's values in two ops: no -1 to zero, no rounding, no noise (only a zero's sign may differ).
+            out = src.index_select(entry.dim, index.to(src.device, non_blocking=True))
+            if scale is not None:
+                shape = [1] * src.dim()
+                shape[entry.dim] = -1
+                out = out * scale.to(src.device, non_blocking=True).view(shape)
+            return out
         scale = None if scale is None else scale.to(src.device, non_blocking=True)
         std = std.to(src.device, non_blocking=True) if isinstance(std, torch.Tensor) else std
-        index = gather.index.to(src.device, non_blocking=True)
-        return reference._gather([src], [gather.dims[k]], index, [scale], [std], gather.seed + k)[0]
+        if entry.std_scale is not None:
+            std = std.float() * entry.std_scale
+        index = index.to(src.device, non_blocking=True)
+        return reference._gather([src], [entry.dim], index, [scale], [std], group.seed + k)[0]
 
 
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -165,31 +186,26 @@ class _Entry:
 
     def __init__(self, planner: _Planner, g: int, width: int):
         self.planner, self.g, self.width = planner, g, width
-        self.tensors, self.dims, self.scales, self.stds, self.targets = [], [], [], [], []
+        self.targets: list[tuple] = []
         self.deferred: list[tuple] = []  # tensors this gather already holds along another dim
 
-    def add(self, tensor, dim, target, scale=None, std=0.0) -> None:
+    def add(self, tensor, dim, target, scale=None, std=0.0, std_scale=None) -> None:
         planner = self.planner
         # (a parameter in a key is hashed by id, but compared by value when hashes collide: key by its id)
         key = ("optim", id(target[1]), target[2]) if target[0] == "optim" else target
-        earlier = planner.latest.get(key)
+        latest = planner.latest
+        earlier = latest.get(key)
         if earlier is not None and earlier[0] == self.g:
             # The group's units on both dims of one tensor (a residual block's conv between two sums): the second
             # dim goes into a gather of its own, with the same map, that reads this one's output.
-            self.deferred.append((tensor, dim, target, scale, std))
+            self.deferred.append((tensor, dim, target, scale, std, std_scale))
             return
-        shape = list(planner.shape(key, tensor))
-        self.tensors.append(tensor if earlier is None else GroupOutput(*earlier))
-        self.dims.append(dim)
-        self.scales.append(scale)
-        self.stds.append(std)
+        source = tensor if earlier is None else GroupOutput(*earlier)
+        latest[key] = (self.g, planner.batch.add(source, dim, scale, std, std_scale))
         self.targets.append(target)
-        planner.latest[key] = (self.g, len(self.targets) - 1)
-        shape[dim] = self.width
-        planner.shapes[(self.g, len(self.targets) - 1)] = torch.Size(shape)
 
     def close(self, index: torch.Tensor, seed: int) -> None:
-        self.planner.gathers.append(GatherGroup(self.tensors, self.dims, index, self.scales, self.stds, seed))
+        self.planner.batch.close(index, seed)
         self.planner.targets.append(self.targets)
         if self.deferred:
             again = self.planner.open(self.width)
@@ -221,7 +237,7 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
     params = planner.params
     for qualname, dim in group.producers:
         t = planner.tensor(qualname)
-        std = 0.0
+        std, std_scale = 0.0, None
         if growing and init in PARENTLESS and dim == 0 and t.dim() >= 2:  # every filter of the group's producers
             shape = planner.shape(("tensor", qualname), t)
             fan_out = shape[0] * math.prod(shape[2:])
@@ -232,12 +248,15 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
                 fan_out = shape[0] * math.prod(shape[2:])
                 std = new.float() * math.sqrt(2.0 / max(1, fan_out))
             elif noise > 0 and math.prod(shape) > 1:
-                # noise × std(filter weights), as a device tensor: the host never waits for the reduction
-                weight_std = planner.value(("tensor", qualname), t).float().std().double() * noise
-                std = new.to(t.device, non_blocking=True).float() * weight_std
+                # noise × std(filter weights), the std a device scalar: the host never waits for the reduction.
+                weight_std = planner.value(("tensor", qualname), t).float().std()
+                if planner.twin:  # the twin's values as ever: float32(noise × std in float64)
+                    std, std_scale = new.float(), (weight_std.double() * noise).float()
+                else:  # the kernel multiplies the three
+                    std, std_scale = torch.from_numpy(is_new * np.float32(noise)), weight_std
             elif noise > 0:
                 std = new.float() * noise
-        add(t, dim, ("tensor", qualname), None, std)
+        add(t, dim, ("tensor", qualname), None, std, std_scale)
     for qualname, dim in group.consumers:
         scale = None
         if growing:

@@ -106,16 +106,27 @@ class GrowableNet(nn.Module):
         resizable = self.__dict__.get("_resizable")
         if resizable is None:  # found once: surgery never adds or removes modules
             kinds = (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.Linear)
-            resizable = self.__dict__["_resizable"] = [m for m in self.modules() if isinstance(m, kinds)]
-        for m in resizable:
+            resizable = self.__dict__["_resizable"] = [
+                (m, m.__dict__, m._parameters if m._parameters.get("weight") is not None else m._buffers)
+                for m in self.modules()
+                if isinstance(m, kinds)
+            ]
+        # Size attributes are plain attributes: written to the instance dict, past nn.Module.__setattr__.
+        for m, attrs, tensors in resizable:
+            weight = tensors.get("weight")
+            if weight is None:  # a BatchNorm without affine parameters: its statistics have its size
+                weight = tensors.get("running_mean")
+                if weight is None:
+                    continue
+            shape = weight.shape
             if isinstance(m, nn.Conv2d):
-                if m.groups > 1 and m.groups == m.out_channels and m.weight.shape[1] == 1:
-                    m.groups = m.weight.shape[0]  # depthwise: its in and out channels are one group's
-                m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
-            elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-                m.num_features = m.weight.shape[0]
+                if m.groups > 1 and m.groups == m.out_channels and shape[1] == 1:
+                    attrs["groups"] = shape[0]  # depthwise: its in and out channels are one group's
+                attrs["out_channels"], attrs["in_channels"] = shape[0], shape[1] * m.groups
             elif isinstance(m, nn.Linear):
-                m.out_features, m.in_features = m.weight.shape
+                attrs["out_features"], attrs["in_features"] = shape
+            else:
+                attrs["num_features"] = shape[0]
 
 
 class ConvBN(nn.Sequential):
