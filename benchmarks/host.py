@@ -44,8 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cgap_triton.kernels import ChannelStatsPlan, GatherBatch, channel_stats, gather_channels_many
-from cgap_triton.kernels._groups import CheckedGroup
+from cgap_triton.kernels import ChannelStatsPlan, GatherBatch, GroupOutput, channel_stats, gather_channels_many
 
 import cgap_triton.cgap.surgery as surgery
 from cgap_triton.cgap import SaliencyTracker, WidthChange
@@ -346,10 +345,10 @@ def time_ms(fn: Callable[[], Any], setup: Callable[[], Any], repeat: int, warmup
 def _unrun(batch: GatherBatch) -> GatherBatch:
     """A batch with the same groups as ``batch`` (which has run), ready to run again."""
     again = GatherBatch()
-    again.checked.device = batch.checked.device
-    again.checked.groups = [
-        CheckedGroup([dataclasses.replace(e) for e in g.entries], g.index, g.seed) for g in batch.checked.groups
-    ]
+    for group in batch.checked.groups:
+        for e in group.entries:
+            again.add(e.source if e.consumes is None else GroupOutput(*e.consumes), e.dim, e.scale, e.std, e.std_scale)
+        again.close(group.index, group.seed)
     return again
 
 

@@ -293,7 +293,7 @@ def gather_channels_groups(
     (16 groups, 176 tensors, 30 of them chained) and 0.9–1.1 ms for a pruning step (15 groups, 165 tensors). The
     per-group calls this replaces also stopped the host at every index and std check and table copy on a GPU.
     Each launch then adds Triton's own launch overhead. A caller that builds the call itself and needs no checks
-    uses :class:`GatherBatch`: 0.56–0.89 ms for the same steps (VGG-19 at 1/8 width, the same tensors).
+    uses :class:`GatherBatch`: 0.52–0.63 ms for the same steps (VGG-19 at 1/8 width, the same tensors).
 
     Args:
         groups: a sequence of :class:`GatherGroup` (or plain tuples in its order).

@@ -296,6 +296,8 @@ def _chained_rows(src: torch.Tensor, first: tuple, second: tuple, dst: int, head
     head[INDEX - NOISE_OFFSET : SCALE - NOISE_OFFSET + 1] = [index, length, shape[channel_dim], scale]
     tail = [strides[outer_dim], strides[channel_dim], outer_index, shape[outer_dim], outer_scale]
     tail += [int(first[0] == outer_dim), inner_numel, *(value for level in reversed(inner) for value in level)]
+    if outer_dim == 0:  # nothing to enumerate: one segment (a conv weight's rows and columns)
+        return [[src.data_ptr(), dst, 0, numel, *head, *tail]]
     return _segments(src, _levels(shape, strides, range(outer_dim)), dst, numel, head, tail)
 
 
