@@ -343,9 +343,9 @@ def _after_gather(model, group, change: GroupChange, kind) -> None:
     """A group's growth-rule steps that follow the gather, once the results of the groups gathered with it are
     assigned. They may touch only the group's producers (``apply_width_change`` orders them by that)."""
     init, seed = change.init, change.seed
-    growing = kind == "grow" and bool(change.new.any())
-    if not (growing and init in PARENTLESS):  # the rules with a step here (as _has_after_gather says)
+    if not _has_after_gather(change, kind):  # only the parentless rules have a step here
         return
+    growing = True
     new = change.new.to(model.get_parameter(group.saliency).device, non_blocking=True)
     if init in PARENTLESS and growing:
         for qualname in group.ones:
