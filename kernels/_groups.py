@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import SUPPORTED_DTYPES, _describe
+from ._checks import IMPLS, SUPPORTED_DTYPES, _describe, resolve_impl
 
 _CPU = torch.device("cpu")
 
@@ -127,16 +127,13 @@ class GatherBatch:
         entries = self._entries
         if scale is not None and scale.device.type == "cpu":
             _keep_host_vector(self.checked, scale)
-        if type(std) is not float and isinstance(std, torch.Tensor) and std.device.type == "cpu":
+        if isinstance(std, torch.Tensor) and std.device.type == "cpu":
             _keep_host_vector(self.checked, std)
         if type(tensor) is GroupOutput:
-            g, k = tensor
-            group = self.checked.groups[g]
-            produced = group.entries[k]
+            produced = self.entry(*tensor)
             produced.consumer = (len(self.checked.groups), len(entries))
-            shape = list(produced.shape)
-            shape[produced.dim] = group.index.shape[0]
-            entries.append(Entry(None, (g, k), dim, tuple(shape), produced.dtype, scale, std, None, std_scale))
+            shape = self.output_shape(*tensor)
+            entries.append(Entry(None, tuple(tensor), dim, shape, produced.dtype, scale, std, None, std_scale))
         else:
             if self.checked.device is None:
                 self.checked.device = tensor.device
@@ -165,8 +162,7 @@ class GatherBatch:
 
     def run(self, impl: str = "auto") -> list[list[torch.Tensor | None]]:
         """The gathers, as :func:`cgap_triton.kernels.gather_channels_groups` returns them (once per batch)."""
-        from . import reference
-        from ._checks import IMPLS, resolve_impl
+        from . import reference  # (which imports this module)
 
         if self._entries:
             raise ValueError("GatherBatch.run: the last group is not closed (call close(index, seed) first)")

@@ -201,6 +201,7 @@ class _Entry:
             self.deferred.append((tensor, dim, target, scale, std, std_scale))
             return
         source = tensor if earlier is None else GroupOutput(*earlier)
+        dim = dim if dim >= 0 else dim + tensor.dim()  # (the batch takes dims as they index a shape)
         latest[key] = (self.g, planner.batch.add(source, dim, scale, std, std_scale))
         self.targets.append(target)
 
