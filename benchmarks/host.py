@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cgap_triton.kernels import ChannelStatsPlan, GatherBatch, GroupOutput, channel_stats, gather_channels_many
+from cgap_triton.kernels import ChannelStatsPlan, GroupOutput, channel_stats, gather_channels_many
+from cgap_triton.kernels._groups import GatherBatch
 
 import cgap_triton.cgap.surgery as surgery
 from cgap_triton.cgap import SaliencyTracker, WidthChange

@@ -34,13 +34,13 @@ from typing import Any
 import torch
 from cgap_triton.kernels import (
     ChannelStatsPlan,
-    GatherBatch,
     GatherGroup,
     GroupOutput,
     channel_stats,
     gather_channels_groups,
     gather_channels_many,
 )
+from cgap_triton.kernels._groups import GatherBatch
 
 import cgap_triton.cgap.surgery as surgery
 from cgap_triton.models import VGG_CFGS, ModelSpec, build_model

@@ -12,8 +12,6 @@ Public API (each with a pure-torch twin of the same signature in ``cgap_triton.k
 - :func:`gather_channels_groups` — many index maps (:class:`GatherGroup`: one ``gather_channels_many`` call each,
   a later one may take an earlier one's output, :class:`GroupOutput`) in one launch per dtype: a whole structural
   change of a model, with no host-device synchronisation.
-- :class:`GatherBatch` — the same call built entry by entry by a caller that vouches for its arguments (no
-  checks; a model's surgery): the prepared form of a structural change.
 
 ``impl`` selects the implementation: ``"auto"`` (Triton for CUDA tensors, the torch twin for CPU
 tensors), ``"triton"`` (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) or ``"torch"``.
@@ -30,11 +28,10 @@ import torch
 
 from . import reference
 from ._checks import IMPLS, check_channel_stats_args, check_gather_args, check_momentum, resolve_impl
-from ._groups import GatherBatch, GatherGroup, GroupOutput, check_gather_groups
+from ._groups import GatherGroup, GroupOutput, check_gather_groups
 
 __all__ = [
     "ChannelStatsPlan",
-    "GatherBatch",
     "GatherGroup",
     "GroupOutput",
     "channel_stats",
@@ -292,8 +289,8 @@ def gather_channels_groups(
     EPYC, 1 thread, median): about 6–7 µs per tensor, a fifth of it the checks — 1.2 ms for a VGG-19 growth step
     (16 groups, 176 tensors, 30 of them chained) and 0.9–1.1 ms for a pruning step (15 groups, 165 tensors). The
     per-group calls this replaces also stopped the host at every index and std check and table copy on a GPU.
-    Each launch then adds Triton's own launch overhead. A caller that builds the call itself and needs no checks
-    uses :class:`GatherBatch`: 0.52–0.63 ms for the same steps (VGG-19 at 1/8 width, the same tensors).
+    Each launch then adds Triton's own launch overhead. The package's surgery builds its changes unchecked (its
+    planner knows every shape; ``_groups.GatherBatch``): 0.52–0.63 ms for the same steps (VGG-19 at 1/8 width).
 
     Args:
         groups: a sequence of :class:`GatherGroup` (or plain tuples in its order).

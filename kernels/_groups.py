@@ -85,13 +85,14 @@ class CheckedGroups:
 class GatherBatch:
     """A ``gather_channels_groups`` call built entry by entry by a caller that vouches for its arguments.
 
+    Internal to the package (surgery builds its changes with it); other code calls ``gather_channels_groups``.
     It holds what :func:`check_gather_groups` would return, without the checks: no type, shape, device, dim or
     range check is made, and the caller must give tensors of a supported dtype on one device, dims in
-    ``[0, rank)``, one size along the dims of a group, int64 index maps of values in ``[-1, size)`` (on the CPU
-    or the device) and per-slice float vectors of the map's length. A structural change of a model is such a
-    call: its planner knows every shape, and building the batch costs a fraction of checking it. The Triton
-    kernel never reads out of bounds (an index outside ``[-1, size)`` reads as -1); the torch twin fails as
-    ``index_select`` does.
+    ``[0, rank)``, one size along the dims of a group, 1-D int64 index maps (on the CPU or the device) and
+    per-slice float vectors of the map's length. An index outside ``[-1, size)`` reads as -1 in the Triton
+    kernel (the torch twin fails as ``index_select`` does), but a vector shorter than its map is read past its
+    end. A structural change of a model is such a call: its planner knows every shape, and building the batch
+    costs a fraction of checking it.
 
     One addition to a ``GatherGroup``'s arguments: ``std_scale``, a 0-d float32 tensor on the device that
     multiplies a vector ``std`` (noise relative to a statistic the device computed: the host never reads it).

@@ -17,7 +17,6 @@ import sys
 import pytest
 import torch
 from cgap_triton.kernels import (
-    GatherBatch,
     GatherGroup,
     GroupOutput,
     gather_channels,
@@ -25,6 +24,7 @@ from cgap_triton.kernels import (
     gather_channels_many,
     reference,
 )
+from cgap_triton.kernels._groups import GatherBatch
 
 gather = pytest.importorskip("cgap_triton.kernels.gather")
 sys.path.insert(0, os.path.dirname(__file__))

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..kernels import GatherBatch, GroupOutput, reference
+from ..kernels import GroupOutput, reference
 from ..kernels._checks import resolve_impl
+from ..kernels._groups import GatherBatch
 from ..models import GrowableNet
 from ..models.graph import Span
 from .change import GroupChange, WidthChange
