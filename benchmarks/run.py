@@ -45,7 +45,11 @@ def run_kernels(env, args, device) -> list[Path]:
     written = [_write("kernels_channel_stats", stats, env, args, title="channel_stats", columns=columns, notes=notes)]
     gather = kernels.bench_gather(training.vgg19_cifar100(), device)
     title = "gather_channels_many: one VGG-19 structural change (SGD momentum and saliency included)"
-    written.append(_write("kernels_gather", gather, env, args, title=title, columns=columns))
+    notes = kernels.gather_verdicts(gather) + [
+        "triton: one gather_channels_many per group; triton batched: one checked gather_channels_groups call; "
+        "unchecked: the same call built as surgery builds it (no argument checks), build included.",
+    ]
+    written.append(_write("kernels_gather", gather, env, args, title=title, columns=columns, notes=notes))
     return written
 
 

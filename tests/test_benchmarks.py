@@ -87,6 +87,8 @@ def test_index_select_cat_baseline_matches_surgery(kind):
     assert calls and all(c["kind"] == kind for c in calls)
     ours, theirs = kernels.ours_change(calls), kernels.torch_change(calls)
     batched = kernels.ours_batched(calls)
+    unchecked = kernels.ours_unchecked(calls)  # surgery's form of the same call: the same outputs
+    assert all((u is None and b is None) or torch.equal(u, b) for u, b in zip(unchecked, batched, strict=True))
     stds = [s for c in calls for s in c["noise_stds"]]
     assert len(ours) == len(theirs) == len(stds) == len(batched)
     for a, b, c, std in zip(ours, theirs, batched, stds):
@@ -185,3 +187,15 @@ def test_checkpoint_cost_runs_both_ways(tmp_path):
     assert [row["path"] for row in rows] == ["foreground", "background"]
     assert all(row["blocked_ms"] > 0 and row["write_ms"] >= row["blocked_ms"] for row in rows)
     assert not list(tmp_path.glob(".checkpoint-cost-*"))  # its temporary folder is gone
+
+
+def test_the_gather_verdict_reads_surgerys_call_against_the_compiled_code():
+    def rows(surgery_us, compiled_us):
+        return [
+            {"workload": "vgg19 grow", "impl": kernels.SURGERY_GATHER, "median_us": surgery_us},
+            {"workload": "vgg19 grow", "impl": "torch.compile (b)", "median_us": compiled_us},
+        ]
+
+    assert kernels.gather_verdicts(rows(800.0, 1200.0))[0].endswith(": met")
+    assert "NOT met" in kernels.gather_verdicts(rows(1100.0, 3000.0))[0]  # over 1 ms
+    assert "NOT met" in kernels.gather_verdicts(rows(600.0, 500.0))[0]  # slower than the compiled code
