@@ -11,6 +11,8 @@ in its own process with its own time limit, so that one failure or hang does not
 4. ``recipes/vgg19_c100.toml`` for 4 epochs, growing and pruning every 0.25 epoch, and its dense baseline, on
    CIFAR-100-sized files in the official format filled with random pixels (timing only: the accuracy means
    nothing); then the same CGaP run with ``train.cuda_graphs=false``, to show what the graphed step buys;
+5. with ``--change-cost``, ``benchmarks.change_cost``: one growth change's surgery and re-capture, piece by
+   piece, under three cuDNN settings; with ``--policies``, the CGaP run under compile.policy never and always;
 
 then writes ``benchmarks/results/<gpu>/gpu_check.{json,csv,md}`` (and each part's log beside them) and prints a
 short table last. ``--dry-run`` runs the same plumbing on the CPU at tiny sizes (kernel tests that need no GPU,
@@ -56,6 +58,7 @@ LIMITS = {  # an H200 took 50, >70, 52, 18, 18 and 23 s for these (2026-11-30); 
     "vgg19_c100 CGaP, eager step": 45,
     "vgg19_c100 CGaP, policy never": 45,  # --policies: past the eight minutes
     "vgg19_c100 CGaP, policy always": 100,  # never finished on an H200: 10 compilations of 14-21 s
+    "change cost": 90,  # --change-cost: past the eight minutes
 }
 # The real command line, with torchvision's md5 check of the CIFAR files off: random-pixel files cannot carry the
 # official checksums (the tests load their tiny official-format files the same way).
@@ -205,6 +208,10 @@ def run_parts(
                 f"seed widths, batch {t['batch']}: {t['wall_ms_per_step']:.2f} ms/step, {t['images_per_s']:.0f} img/s; "
                 f"host {t['draw_us']:.0f} µs drawing the batch + {t['train_step_host_us']:.0f} µs in the step"
             )
+        elif part.name == "change cost" and steps_json.with_name("change_cost.json").is_file():
+            from .change_cost import figures
+
+            row["figures"] = figures(json.loads(steps_json.with_name("change_cost.json").read_text()))
         elif part.name == "training step" and steps_json.is_file():
             row["figures"] = "; ".join(
                 f"{s['mode']} b{s['batch']} {s['images_per_s']:.0f} img/s" for s in json.loads(steps_json.read_text())
@@ -229,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         "--policies",
         action="store_true",
         help="also run the CGaP recipe under compile.policy never and always (past the eight minutes)",
+    )
+    parser.add_argument(
+        "--change-cost",
+        action="store_true",
+        help="also run benchmarks.change_cost: one change's surgery and re-capture under three cuDNN settings",
     )
     parser.add_argument(
         "--budget-s", type=float, help="seconds for all parts together: a part gets at most what is left"
@@ -319,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         recipe_run("vgg19_c100 dense", "vgg19_c100_dense.toml", "dense"),
         recipe_run("vgg19_c100 CGaP, eager step", "vgg19_c100.toml", "eager", "train.cuda_graphs=false"),
     ]
+    if args.change_cost:
+        command = [py, "-m", "benchmarks.change_cost", "--results-dir", str(args.results_dir)]
+        command += ["--json", str(steps_json.with_name("change_cost.json"))] + (["--dry-run"] if dry else [])
+        parts.append(Part("change cost", command, LIMITS["change cost"]))
     if args.policies:
         parts += [
             recipe_run(f"vgg19_c100 CGaP, policy {policy}", "vgg19_c100.toml", policy, f"compile.policy={policy}")
@@ -348,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.policies:
         notes.append("policy runs: the CGaP run (compile.policy auto) again under never and always, graphed alike.")
+    if args.change_cost:
+        notes.append("change cost: benchmarks.change_cost (its own table: change_cost.md), means over 4 changes.")
     if dry:
         notes.insert(0, "DRY RUN on the CPU at tiny sizes: these figures check the plumbing, they measure nothing.")
     name = "gpu_check_dry_run" if dry else "gpu_check"
