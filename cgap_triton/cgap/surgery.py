@@ -64,7 +64,9 @@ def apply_width_change(
             raise ValueError(f"change: unknown group {name!r}; the model's groups are {list(groups)}")
         if group_change.init not in INITS:
             raise ValueError(f"change.groups[{name!r}].init: expected one of {INITS}, got {group_change.init!r}")
-    before = model.widths
+    # Tensor dims shared by several groups (residual sums, concatenations): built from the widths before.
+    spans = list({(s.tensor, s.dim): s for name in change.groups for s in groups[name].spans}.values())
+    before = model.widths if spans else {}
     planner = _Planner(model, optimizer, saliency, impl)
     for p in planner.params.values():  # the model's parameters, from the table built once
         p.grad = None
@@ -78,7 +80,6 @@ def apply_width_change(
         _plan_group(planner, group, group_change, change.kind)
         if _has_after_gather(group_change, change.kind):
             planner.after_gather_reads.update(qualname for qualname, _ in group.producers)
-    spans = list({(s.tensor, s.dim): s for name in change.groups for s in groups[name].spans}.values())
     if spans:
         if planner.after_gather_reads & {s.tensor for s in spans}:
             _run(planner, change.kind, impl)
@@ -128,9 +129,20 @@ class _Planner:
 
     def tensor(self, qualname: str) -> torch.Tensor:
         """``model.tensor(qualname)``, the module found in the table built once."""
-        module_name, _, attr = qualname.rpartition(".")
-        module = None if self.modules is None else self.modules.get(module_name)
-        return self.model.tensor(qualname) if module is None else getattr(module, attr)
+        if self.modules is None:
+            return self.model.tensor(qualname)
+        module, attr = self.slot(qualname)
+        return getattr(module, attr)
+
+    def slot(self, qualname: str) -> tuple[nn.Module, str]:
+        """The module holding ``qualname`` and its attribute name, found once per model."""
+        slots = _TABLES[self.model][2]
+        found = slots.get(qualname)
+        if found is None:
+            module_name, _, attr = qualname.rpartition(".")
+            module = None if self.modules is None else self.modules.get(module_name)
+            found = slots[qualname] = (self.model.get_submodule(module_name) if module is None else module, attr)
+        return found
 
     def shape(self, target, tensor: torch.Tensor) -> tuple[int, ...]:
         """The shape ``target`` has after the groups planned so far."""
@@ -175,11 +187,12 @@ _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _tables(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, nn.Module]]:
-    """``model``'s parameters and modules by name, kept while the model lives (surgery adds or removes none)."""
+    """``model``'s parameters and modules by name, kept while the model lives (surgery adds or removes none);
+    a third table, filled as surgery goes, holds each tensor's (module, attribute)."""
     cached = _TABLES.get(model)
     if cached is None:
-        cached = _TABLES[model] = (dict(model.named_parameters()), dict(model.named_modules()))
-    return cached
+        cached = _TABLES[model] = (dict(model.named_parameters()), dict(model.named_modules()), {})
+    return cached[0], cached[1]
 
 
 class _Entry:
@@ -329,7 +342,7 @@ def _assign_results(planner: _Planner, targets, results) -> None:
         if result is None:  # consumed by a later group of the change, which assigns the final value
             continue
         if target[0] == "tensor":
-            _assign(planner.model, target[1], result, planner.modules)
+            _assign(*planner.slot(target[1]), result)
         elif target[0] == "optim":
             optimizer.state[target[1]][target[2]] = result
         else:
@@ -357,12 +370,9 @@ def _after_gather(model, group, change: GroupChange, kind) -> None:
         weight.data[new] = orthogonal_filters(weight.data[~new], int(new.sum()), seed)
 
 
-def _assign(model: nn.Module, qualname: str, value: torch.Tensor, modules: dict | None = None) -> None:
-    module_name, _, attr = qualname.rpartition(".")
-    module = None if modules is None else modules.get(module_name)
-    module = model.get_submodule(module_name) if module is None else module
-    current = getattr(module, attr)
-    if isinstance(current, nn.Parameter):
+def _assign(module: nn.Module, attr: str, value: torch.Tensor) -> None:
+    current = module._parameters.get(attr)
+    if current is not None:
         current.data = value  # same Parameter object: the optimizer keeps tracking it
     else:
         module._buffers[attr] = value
