@@ -34,23 +34,11 @@ from typing import Any
 
 import torch
 
-from .common import RESULTS_DIR, environment, print_table, write_results
+from .common import RESULTS_DIR, environment, forever, print_table, synchronize, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"default": {}, "benchmark": {"benchmark": True}, "off": {"enabled": False}}
 COLUMNS = ["cudnn", "change", "params", "surgery_ms", "next_step_ms", "first_warmup_ms", "capture_ms", "steady_ms"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _forever(batches):
-    epoch = 0
-    while True:
-        yield from batches.epoch(epoch)
-        epoch += 1
 
 
 def measure(recipe_path: Path, overrides: list[str], changes: int, steps: int, out: Path) -> list[dict[str, Any]]:
@@ -64,7 +52,7 @@ def measure(recipe_path: Path, overrides: list[str], changes: int, steps: int, o
     try:
         trainer.setup()
         device, graphed = trainer.device, trainer.graphed
-        batches = _forever(trainer.batches)
+        batches = forever(trainer.batches)
         for _ in range(8):  # capture (or warm up) at the seed widths, then steady steps
             trainer._train_step(*next(batches))
         rows = []
@@ -75,22 +63,22 @@ def measure(recipe_path: Path, overrides: list[str], changes: int, steps: int, o
                 if change is None:  # every group at its cap
                     break
                 change = with_noise(change, trainer.recipe.cgap.grow.noise)
-                _sync(device)
+                synchronize(device)
                 started = time.perf_counter()
                 trainer._apply(change)
-                _sync(device)
+                synchronize(device)
                 surgery = time.perf_counter() - started
             captured = (graphed.capture_seconds, graphed.first_step_seconds) if graphed is not None else (0.0, 0.0)
             started = time.perf_counter()
             trainer._train_step(*next(batches))
-            _sync(device)
+            synchronize(device)
             next_step = time.perf_counter() - started
             if graphed is not None:
                 captured = (graphed.capture_seconds - captured[0], graphed.first_step_seconds - captured[1])
             started = time.perf_counter()
             for _ in range(steps):
                 trainer._train_step(*next(batches))
-            _sync(device)
+            synchronize(device)
             steady = (time.perf_counter() - started) / steps
             rows.append(
                 {

@@ -135,6 +135,20 @@ def median_seconds(fn: Callable[[], Any], device: torch.device, *, warmup: int =
 # ---------------------------------------------------------------------------------------------- results
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forever(batches) -> Any:
+    """A batch source's epochs one after the other, without end: ``next()`` gives a training batch."""
+    epoch = 0
+    while True:
+        yield from batches.epoch(epoch)
+        epoch += 1
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):

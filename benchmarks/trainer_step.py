@@ -24,19 +24,9 @@ from pathlib import Path
 
 import torch
 
+from .common import forever, synchronize
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _forever(batches):
-    epoch = 0
-    while True:
-        yield from batches.epoch(epoch)
-        epoch += 1
 
 
 def measure(recipe_path: Path, overrides: list[str], steps: int, out: Path) -> dict:
@@ -47,10 +37,10 @@ def measure(recipe_path: Path, overrides: list[str], steps: int, out: Path) -> d
     try:
         trainer.setup()
         device = trainer.device
-        batches = _forever(trainer.batches)
+        batches = forever(trainer.batches)
         for _ in range(8):  # capture or warm-up, then steady steps
             trainer._train_step(*next(batches))
-        _sync(device)
+        synchronize(device)
         draw = step = 0.0
         started = time.perf_counter()
         for _ in range(steps):
@@ -60,14 +50,14 @@ def measure(recipe_path: Path, overrides: list[str], steps: int, out: Path) -> d
             trainer._train_step(x, y)
             draw, step = draw + t1 - t0, step + time.perf_counter() - t1
         host = time.perf_counter() - started
-        _sync(device)
+        synchronize(device)
         wall = time.perf_counter() - started
         profile = cProfile.Profile()
         profile.enable()
         for _ in range(steps):
             trainer._train_step(*next(batches))
         profile.disable()
-        _sync(device)
+        synchronize(device)
         text = io.StringIO()
         pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(15)
         batch = trainer.recipe.data.batch_size
