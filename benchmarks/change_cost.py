@@ -100,7 +100,13 @@ def _child(args) -> int:
     """One cuDNN setting, in this process: its rows as JSON on the last line of stdout."""
     for flag, value in SETTINGS[args.setting].items():
         setattr(torch.backends.cudnn, flag, value)
-    work = Path(tempfile.mkdtemp(prefix="change-cost-"))
+    with tempfile.TemporaryDirectory(prefix="change-cost-") as tmp:  # the random CIFAR files: timing only
+        rows = _measure_setting(args, Path(tmp))
+    print(json.dumps([{"cudnn": args.setting, **row} for row in rows]))
+    return 0
+
+
+def _measure_setting(args, work: Path) -> list[dict[str, Any]]:
     if args.dry_run:
         recipe = ROOT / "recipes" / "shapes_vgg.toml"
         overrides = ["data.shapes_images=300", "data.val_size=50", "data.test_size=50", "data.batch_size=16"]
@@ -114,9 +120,7 @@ def _child(args) -> int:
         recipe = ROOT / "recipes" / "vgg19_c100.toml"
         overrides = [f"data.root={work / 'data'}", "data.val_size=500", "compile.enabled=false"]
     overrides += ["dashboard.enabled=false"]
-    rows = measure(recipe, overrides, args.changes, args.steps, work / "run")
-    print(json.dumps([{"cudnn": args.setting, **row} for row in rows]))
-    return 0
+    return measure(recipe, overrides, args.changes, args.steps, work / "run")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,15 +84,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="trainer-step-"))
+    if not args.dry_run and not torch.cuda.is_available():
+        print("error: needs a CUDA device (or --dry-run)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="trainer-step-") as tmp:  # the random CIFAR files: timing only
+        row = _measure(args, Path(tmp))
+    print(
+        f"{row['recipe']} on {row['device']} (graphed: {row['graphed']}), batch {row['batch']}: draw "
+        f"{row['draw_us']:.0f} µs + _train_step {row['train_step_host_us']:.0f} µs of host per step; "
+        f"wall {row['wall_ms_per_step']:.2f} ms per step, {row['images_per_s']:.0f} img/s"
+    )
+    print(row["profile"])
+    if args.json:
+        args.json.write_text(json.dumps(row, indent=2) + "\n")
+    return 0
+
+
+def _measure(args, work: Path) -> dict:
     if args.dry_run:
         recipe = ROOT / "recipes" / "shapes_vgg.toml"
         overrides = ["data.shapes_images=300", "data.val_size=50", "data.test_size=50", "data.batch_size=16"]
         steps = min(args.steps, 4)
     else:
-        if not torch.cuda.is_available():
-            print("error: needs a CUDA device (or --dry-run)", file=sys.stderr)
-            return 2
         import torchvision.datasets.cifar as cifar
 
         from .gpu_check import write_cifar100
@@ -103,16 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [f"data.root={work / 'data'}", "compile.enabled=false"]
         steps = args.steps
     overrides += ["dashboard.enabled=false"]
-    row = measure(recipe, overrides, steps, work / "run")
-    print(
-        f"{row['recipe']} on {row['device']} (graphed: {row['graphed']}), batch {row['batch']}: draw "
-        f"{row['draw_us']:.0f} µs + _train_step {row['train_step_host_us']:.0f} µs of host per step; "
-        f"wall {row['wall_ms_per_step']:.2f} ms per step, {row['images_per_s']:.0f} img/s"
-    )
-    print(row["profile"])
-    if args.json:
-        args.json.write_text(json.dumps(row, indent=2) + "\n")
-    return 0
+    return measure(recipe, overrides, steps, work / "run")
 
 
 if __name__ == "__main__":
