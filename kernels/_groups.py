@@ -1,4 +1,5 @@
-"""The batched gather over several index maps: its argument types, their checks, and the one host-to-device copy.
+"""The batched gather over several index maps: its argument types, their checks, the same arguments built
+without checks (``GatherBatch``, for surgery), and the one host-to-device copy.
 
 Shared by the torch twin (:func:`cgap_triton.kernels.reference.gather_channels_groups`) and the Triton launcher
 (:mod:`cgap_triton.kernels.gather`). Every check reads host metadata (types, shapes, devices) and, for index maps

@@ -232,7 +232,7 @@ class _Entry:
 def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
     optimizer, saliency = planner.optimizer, planner.saliency
     init, noise, seed = change.init, change.noise, change.seed
-    # The change's maps stay on the CPU: the batched gather checks them there and moves them in one copy.
+    # The change's maps stay on the CPU: the batch moves them to the device in its one copy.
     index, new = change.index.cpu(), change.new.cpu()
     is_new = new.numpy()  # the scales are small host vectors: numpy builds them for a fraction of torch's dispatch
     growing = kind == "grow" and bool(is_new.any())
