@@ -107,19 +107,11 @@ def _child(args) -> int:
 
 
 def _measure_setting(args, work: Path) -> list[dict[str, Any]]:
-    if args.dry_run:
-        recipe = ROOT / "recipes" / "shapes_vgg.toml"
-        overrides = ["data.shapes_images=300", "data.val_size=50", "data.test_size=50", "data.batch_size=16"]
-    else:
-        import torchvision.datasets.cifar as cifar
+    from .trainer_step import recipe_for
 
-        from .gpu_check import write_cifar100
-
-        cifar.check_integrity = lambda *a, **k: True  # random-pixel files cannot carry the official checksums
-        write_cifar100(work / "data", 5_000, 1_000)
-        recipe = ROOT / "recipes" / "vgg19_c100.toml"
-        overrides = [f"data.root={work / 'data'}", "data.val_size=500", "compile.enabled=false"]
-    overrides += ["dashboard.enabled=false"]
+    recipe, overrides = recipe_for(args.dry_run, work, (5_000, 1_000))
+    if not args.dry_run:
+        overrides.append("data.val_size=500")  # of the 5,000 training images
     return measure(recipe, overrides, args.changes, args.steps, work / "run")
 
 

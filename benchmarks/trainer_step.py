@@ -100,23 +100,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _measure(args, work: Path) -> dict:
-    if args.dry_run:
+def recipe_for(dry_run: bool, work: Path, images: tuple[int, int] = (50_000, 10_000)) -> tuple[Path, list[str]]:
+    """The recipe these benchmarks run and its overrides: for a dry run, shapes_vgg at a tiny size (CPU); else
+    vgg19_c100 on CIFAR-100 files of random pixels (``images``: train and test) written under ``work``, with
+    compilation off (the graphed step alone)."""
+    if dry_run:
         recipe = ROOT / "recipes" / "shapes_vgg.toml"
         overrides = ["data.shapes_images=300", "data.val_size=50", "data.test_size=50", "data.batch_size=16"]
-        steps = min(args.steps, 4)
     else:
         import torchvision.datasets.cifar as cifar
 
         from .gpu_check import write_cifar100
 
         cifar.check_integrity = lambda *a, **k: True  # random-pixel files cannot carry the official checksums
-        write_cifar100(work / "data", 50_000, 10_000)
+        write_cifar100(work / "data", *images)
         recipe = ROOT / "recipes" / "vgg19_c100.toml"
         overrides = [f"data.root={work / 'data'}", "compile.enabled=false"]
-        steps = args.steps
-    overrides += ["dashboard.enabled=false"]
-    return measure(recipe, overrides, steps, work / "run")
+    return recipe, [*overrides, "dashboard.enabled=false"]
+
+
+def _measure(args, work: Path) -> dict:
+    recipe, overrides = recipe_for(args.dry_run, work)
+    return measure(recipe, overrides, min(args.steps, 4) if args.dry_run else args.steps, work / "run")
 
 
 if __name__ == "__main__":

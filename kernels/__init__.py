@@ -290,7 +290,7 @@ def gather_channels_groups(
     (16 groups, 176 tensors, 30 of them chained) and 0.9–1.1 ms for a pruning step (15 groups, 165 tensors). The
     per-group calls this replaces also stopped the host at every index and std check and table copy on a GPU.
     Each launch then adds Triton's own launch overhead. The package's surgery builds its changes unchecked (its
-    planner knows every shape; ``_groups.GatherBatch``): 0.50–0.60 ms for the same steps (VGG-19 at 1/8 width).
+    planner knows every shape; ``_groups.GatherBatch``): 0.56–0.67 ms for the same steps (VGG-19 at 1/8 width).
 
     Args:
         groups: a sequence of :class:`GatherGroup` (or plain tuples in its order).

@@ -358,27 +358,17 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
                 std_address, std_bits = 0, (_float_bits(std) if std else 0)
             else:
                 std_address, std_bits = address(std), _ONE_BITS
+            std_scale_address = 0
             if std_scale is not None and std_bits:
                 keep_alive.append(std_scale.to(device, torch.float32))
-                std_scale = keep_alive[-1].data_ptr()
-            else:
-                std_scale = 0
+                std_scale_address = keep_alive[-1].data_ptr()
             scale_address = 0 if scale is None else address(scale)
-            head = [noise_offset, seed, index_address, length, entry.shape[dim], scale_address, std_address, std_bits]
-            head.append(std_scale)
+            head = [noise_offset, seed, index_address, length, entry.shape[dim], scale_address, std_address]
+            head += [std_bits, std_scale_address]
             out = empty(out_shape, dtype=entry.dtype, device=device)
             wave = 0
-            source = entry.source
-            if source is not None and source.is_contiguous():  # the usual row, without the general layout search
-                inner_numel = math.prod(out_shape[dim + 1 :])
-                rows = [
-                    [source.data_ptr(), out.data_ptr(), 0, out_numel, *head, entry.shape[dim] * inner_numel]
-                    + [inner_numel, *_UNCHAINED, inner_numel, inner_numel, 1]
-                ]
-                if not out_numel:
-                    rows = []
-            elif source is not None:
-                rows = _single_rows(source, dim, out.data_ptr(), head)
+            if entry.consumes is None:
+                rows = _single_rows(entry.source, dim, out.data_ptr(), head)
             else:
                 pg, pk = entry.consumes
                 stored = intermediates.get((pg, pk))
@@ -429,14 +419,14 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict) -> N
     table = np.array(flat, dtype=np.int64).reshape(n_rows, fields)
     plan = []
     for dtype, first, n_segments in chunks:
-        rows = table[first : first + n_segments]
-        numel = rows[:, NUMEL]
+        launch = table[first : first + n_segments]
+        numel = launch[:, NUMEL]
         largest = int(numel.max())
         block = max(MIN_BLOCK, min(MAX_BLOCK, triton.next_power_of_2(largest)))
         blocks = -(-numel // block)
         ends = np.cumsum(blocks)
-        rows[:, FIRST_BLOCK] = ends - blocks
-        scaled, noisy, chained = (bool(rows[:, column].any()) for column in (SCALE, STD_VALUE, OUTER_INDEX))
+        launch[:, FIRST_BLOCK] = ends - blocks
+        scaled, noisy, chained = (bool(launch[:, column].any()) for column in (SCALE, STD_VALUE, OUTER_INDEX))
         plan.append((n_segments, dtype, block, int(ends[-1]), largest, scaled, noisy, chained))
     buffer, offset = send(checked, layout, torch.from_numpy(table), fix=_fix_staged_addresses)
     # Triton launches on the current CUDA device: make it the tensors' one.
@@ -460,8 +450,9 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict) -> N
 
 def _fix_staged_addresses(table: torch.Tensor, base: int) -> None:
     """Turn the markers ``-1 - offset`` of staged data into addresses in the buffer at ``base`` (on the host)."""
-    columns = table.numpy()[:, ADDRESS_COLUMNS]
-    table.numpy()[:, ADDRESS_COLUMNS] = np.where(columns < 0, (base - 1) - columns, columns)
+    rows = table.numpy()
+    columns = rows[:, ADDRESS_COLUMNS]
+    rows[:, ADDRESS_COLUMNS] = np.where(columns < 0, (base - 1) - columns, columns)
 
 
 def gather_channels_many_triton(tensors, dims, index, *, scales, noise_stds, seed) -> list[torch.Tensor]:

@@ -113,7 +113,7 @@ class _Planner:
         self.model, self.optimizer, self.saliency = model, optimizer, saliency
         # Parameters and modules by name, for the many lookups of a change (``model.tensor`` walks the path each
         # time); built once per model, since surgery keeps every module and Parameter object.
-        self.params, modules = _tables(model)
+        self.params, modules, self.slots = _tables(model)
         self.modules = modules if type(model).tensor is GrowableNet.tensor else None
         self.twin = resolve_impl(impl, next(iter(self.params.values())).device) == "torch"
         self.batch = GatherBatch()
@@ -136,7 +136,7 @@ class _Planner:
 
     def slot(self, qualname: str) -> tuple[nn.Module, str]:
         """The module holding ``qualname`` and its attribute name, found once per model."""
-        slots = _TABLES[self.model][2]
+        slots = self.slots
         found = slots.get(qualname)
         if found is None:
             module_name, _, attr = qualname.rpartition(".")
@@ -186,13 +186,13 @@ class _Planner:
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _tables(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, nn.Module]]:
+def _tables(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, nn.Module], dict[str, tuple]]:
     """``model``'s parameters and modules by name, kept while the model lives (surgery adds or removes none);
-    a third table, filled as surgery goes, holds each tensor's (module, attribute)."""
+    the third table, filled as surgery goes, holds each tensor's (module, attribute)."""
     cached = _TABLES.get(model)
     if cached is None:
         cached = _TABLES[model] = (dict(model.named_parameters()), dict(model.named_modules()), {})
-    return cached[0], cached[1]
+    return cached
 
 
 class _Entry:
@@ -357,17 +357,14 @@ def _has_after_gather(change: GroupChange, kind) -> bool:
 def _after_gather(model, group, change: GroupChange, kind) -> None:
     """A group's growth-rule steps that follow the gather, once the results of the groups gathered with it are
     assigned. They may touch only the group's producers (``apply_width_change`` orders them by that)."""
-    init, seed = change.init, change.seed
     if not _has_after_gather(change, kind):  # only the parentless rules have a step here
         return
-    growing = True
     new = change.new.to(model.get_parameter(group.saliency).device, non_blocking=True)
-    if init in PARENTLESS and growing:
-        for qualname in group.ones:
-            model.tensor(qualname).data[new] = 1.0
-    if init == "orthogonal_zero_out" and growing:
+    for qualname in group.ones:
+        model.tensor(qualname).data[new] = 1.0
+    if change.init == "orthogonal_zero_out":
         weight = model.tensor(group.saliency)
-        weight.data[new] = orthogonal_filters(weight.data[~new], int(new.sum()), seed)
+        weight.data[new] = orthogonal_filters(weight.data[~new], int(new.sum()), change.seed)
 
 
 def _assign(module: nn.Module, attr: str, value: torch.Tensor) -> None:

@@ -106,19 +106,19 @@ class GrowableNet(nn.Module):
         resizable = self.__dict__.get("_resizable")
         if resizable is None:  # found once: surgery never adds or removes modules
             kinds = (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.Linear)
-            resizable = self.__dict__["_resizable"] = [
-                (m, m.__dict__, m._parameters if m._parameters.get("weight") is not None else m._buffers)
-                for m in self.modules()
-                if isinstance(m, kinds)
-            ]
-        # Size attributes are plain attributes: written to the instance dict, past nn.Module.__setattr__.
-        for m, attrs, tensors in resizable:
-            weight = tensors.get("weight")
-            if weight is None:  # a BatchNorm without affine parameters: its statistics have its size
-                weight = tensors.get("running_mean")
-                if weight is None:
+            resizable = self.__dict__["_resizable"] = []
+            for m in self.modules():
+                if not isinstance(m, kinds):
                     continue
-            shape = weight.shape
+                # The tensor that has the module's sizes: its weight; for a BatchNorm without affine parameters,
+                # its running mean (none at all: nothing to follow).
+                if m._parameters.get("weight") is not None:
+                    resizable.append((m, m.__dict__, m._parameters, "weight"))
+                elif m._buffers.get("running_mean") is not None:
+                    resizable.append((m, m.__dict__, m._buffers, "running_mean"))
+        # Size attributes are plain attributes: written to the instance dict, past nn.Module.__setattr__.
+        for m, attrs, tensors, key in resizable:
+            shape = tensors[key].shape
             if isinstance(m, nn.Conv2d):
                 if m.groups > 1 and m.groups == m.out_channels and shape[1] == 1:
                     attrs["groups"] = shape[0]  # depthwise: its in and out channels are one group's
