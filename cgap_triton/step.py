@@ -8,6 +8,7 @@ gradients before :meth:`TrainStep.update` (nan_policy "skip"), and DDP lives in 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -156,8 +157,6 @@ class GraphedStep:
         return loss, logits
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, step: int) -> None:
-        import time
-
         started = time.perf_counter()
         static_x, static_y = x.clone(), y.clone()
         saved = self._snapshot()
