@@ -349,7 +349,8 @@ def _unrun(batch: GatherBatch) -> GatherBatch:
     again = GatherBatch()
     for group in batch.checked.groups:
         for e in group.entries:
-            again.add(e.source if e.consumes is None else GroupOutput(*e.consumes), e.dim, e.scale, e.std, e.std_scale)
+            source = e.source if e.consumes is None else GroupOutput(*e.consumes)
+            again.add(source, e.dim, e.scale, e.std, e.std_of_input)
         again.close(group.index, group.seed)
     return again
 

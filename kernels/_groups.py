@@ -55,7 +55,7 @@ class Entry:
     scale: torch.Tensor | None
     std: float | torch.Tensor
     consumer: tuple[int, int] | None = None  # the later (group, position) that reads this output, if any
-    std_scale: torch.Tensor | None = None  # a 0-d float32 tensor on the device multiplying a vector ``std``
+    std_of_input: float = 0.0  # when nonzero, the std is also multiplied by this times std(the input read)
 
 
 @dataclass(slots=True)
@@ -95,15 +95,19 @@ class GatherBatch:
     end. A structural change of a model is such a call: its planner knows every shape, and building the batch
     costs a fraction of checking it.
 
-    One addition to a ``GatherGroup``'s arguments: ``std_scale``, a 0-d float32 tensor on the device that
-    multiplies a vector ``std`` (noise relative to a statistic the device computed: the host never reads it).
+    One addition to a ``GatherGroup``'s arguments: ``std_of_input``, a float ``c``. When nonzero, the noise std of
+    slice j is ``std[j] · c · std(input)``, where ``std(input)`` is the sample standard deviation (as
+    ``torch.std``) of the tensor the entry reads, as it is read: an earlier group's output as that group writes
+    it. The device computes it (the Triton path sums the input's moments in a launch of its own before the
+    gathers that need them): the host never reads it. The input needs two elements or more.
 
         batch = GatherBatch()
-        k = batch.add(weight, 0)                                  # group 0, output k
+        k = batch.add(weight, 1, scale=old)              # group 0, output k: weight's columns
         batch.close(index0, seed=1)
-        batch.add(GroupOutput(0, k), 1, scale=old)                # group 1 gathers that output along dim 1
-        batch.close(index1, seed=2)
-        results = batch.run(impl="auto")                          # as gather_channels_groups returns them
+        batch.add(GroupOutput(0, k), 0, std=new, std_of_input=0.01)
+        batch.close(index1, seed=2)                      # group 1: that output's rows, with noise of std
+                                                         # 0.01 · std(output k) on the slices where new is 1
+        results = batch.run(impl="auto")                 # as gather_channels_groups returns them
 
     Host cost (``python -m benchmarks.host``, Triton path, launch stubbed; AMD EPYC): a VGG-19 growth step (16
     groups, 176 tensors) runs in 0.67 ms, against 1.1 ms for the checked call.
@@ -123,23 +127,24 @@ class GatherBatch:
         dim: int,
         scale: torch.Tensor | None = None,
         std: float | torch.Tensor = 0.0,
-        std_scale: torch.Tensor | None = None,
+        std_of_input: float = 0.0,
     ) -> int:
         """Add (``tensor``, ``dim``) to the group being built; returns its position in that group."""
         entries = self._entries
+        checked = self.checked
         if scale is not None and scale.device.type == "cpu":
-            _keep_host_vector(self.checked, scale)
+            _keep_host_vector(checked, scale)
         if isinstance(std, torch.Tensor) and std.device.type == "cpu":
-            _keep_host_vector(self.checked, std)
+            _keep_host_vector(checked, std)
         if type(tensor) is GroupOutput:
             produced = self.entry(*tensor)
-            produced.consumer = (len(self.checked.groups), len(entries))
+            produced.consumer = (len(checked.groups), len(entries))
             shape = self.output_shape(*tensor)
-            entries.append(Entry(None, tuple(tensor), dim, shape, produced.dtype, scale, std, None, std_scale))
+            entries.append(Entry(None, tuple(tensor), dim, shape, produced.dtype, scale, std, None, std_of_input))
         else:
-            if self.checked.device is None:
-                self.checked.device = tensor.device
-            entries.append(Entry(tensor, None, dim, tensor.shape, tensor.dtype, scale, std, None, std_scale))
+            if checked.device is None:
+                checked.device = tensor.device
+            entries.append(Entry(tensor, None, dim, tensor.shape, tensor.dtype, scale, std, None, std_of_input))
         return len(entries) - 1
 
     def close(self, index: torch.Tensor, seed: int = 0) -> int:

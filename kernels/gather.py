@@ -83,7 +83,7 @@ SIZE = 8  # the source's size along the channel dim (an index outside [0, size) 
 SCALE = 9  # address of a float32 [length] scale along the channel dim, or 0
 STD = 10  # address of a float32 std, one per slice of the final gather's dim, or 0
 STD_VALUE = 11  # float32 bits of the std (1.0 when STD is given); 0 = no noise
-STD_SCALE = 12  # address of a float32 scalar on the device multiplying the std, or 0
+STD_MOMENTS = 12  # address of float64 [Σx, Σx², n] of the input, whose std multiplies the std; or 0
 OUTER_STRIDE = 13  # source stride of the outer counter
 CHANNEL_STRIDE = 14  # source stride of the channel dim
 OUTER_INDEX = 15  # chained rows: address of the outer dim's int64 index map; 0 otherwise
@@ -92,12 +92,14 @@ OUTER_SCALE = 17  # chained rows: address of a float32 scale along the outer dim
 OUTER_FIRST = 18  # 1: the outer dim's gather comes first, the channel's is final; 0: the reverse
 INNER_NUMEL = 19  # product of the inner sizes
 INNER = 20  # then (size, source stride) per inner level, innermost first
-ADDRESS_COLUMNS = (INDEX, SCALE, STD, OUTER_INDEX, OUTER_SCALE)  # may hold a staged address (a marker at first)
+# Columns that may hold a staged address (a marker at first): a moments row's DST is its accumulator.
+ADDRESS_COLUMNS = (DST, INDEX, SCALE, STD, STD_MOMENTS, OUTER_INDEX, OUTER_SCALE)
 # The same, for the kernel (a jitted function reads only constexpr globals).
 _SRC, _DST, _FIRST_BLOCK, _NUMEL = tl.constexpr(SRC), tl.constexpr(DST), tl.constexpr(FIRST_BLOCK), tl.constexpr(NUMEL)
 _NOISE_OFFSET, _SEED, _INDEX = tl.constexpr(NOISE_OFFSET), tl.constexpr(SEED), tl.constexpr(INDEX)
 _LENGTH, _SIZE, _SCALE, _STD = tl.constexpr(LENGTH), tl.constexpr(SIZE), tl.constexpr(SCALE), tl.constexpr(STD)
-_STD_VALUE, _STD_SCALE, _OUTER_STRIDE = tl.constexpr(STD_VALUE), tl.constexpr(STD_SCALE), tl.constexpr(OUTER_STRIDE)
+_STD_VALUE, _STD_MOMENTS = tl.constexpr(STD_VALUE), tl.constexpr(STD_MOMENTS)
+_OUTER_STRIDE = tl.constexpr(OUTER_STRIDE)
 _CHANNEL_STRIDE, _OUTER_INDEX = tl.constexpr(CHANNEL_STRIDE), tl.constexpr(OUTER_INDEX)
 _OUTER_SIZE, _OUTER_SCALE = tl.constexpr(OUTER_SIZE), tl.constexpr(OUTER_SCALE)
 _OUTER_FIRST, _INNER_NUMEL, _INNER = tl.constexpr(OUTER_FIRST), tl.constexpr(INNER_NUMEL), tl.constexpr(INNER)
@@ -125,6 +127,7 @@ def _gather_channels_kernel(
     HAS_SCALE: tl.constexpr,
     HAS_NOISE: tl.constexpr,
     CHAINED: tl.constexpr,
+    MOMENTS: tl.constexpr,
     INDEX_DTYPE: tl.constexpr,
     SEGMENTS_BLOCK: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -135,6 +138,10 @@ def _gather_channels_kernel(
     gathers of one source, along the outer and the channel dim, as two groups would do one after the other)
     gathers the outer counter through its own map too, applies the first gather's scale, rounds to DTYPE as the
     first output would be stored, then applies the second's scale and noise (std per slice of the second's dim).
+
+    MOMENTS: instead of storing, add the block's Σx and Σx² (x rounded to DTYPE as stored) to the float64 pair at
+    DST; an index map address of 0 is the identity. Those sums give the std that a later launch's rows with
+    STD_MOMENTS multiply their noise by.
     """
     fields: tl.constexpr = _INNER + 2 * INNER_DIMS
     pid = tl.program_id(0)
@@ -161,8 +168,14 @@ def _gather_channels_kernel(
             inner = inner // size
         else:
             offset += inner * stride
-    index = tl.load(row + _INDEX).to(tl.pointer_type(tl.int64))
-    channel = tl.load(index + j, mask=mask, other=-1)
+    index = tl.load(row + _INDEX)
+    if MOMENTS:
+        if index == 0:  # the identity: the moments of the source itself
+            channel = j.to(tl.int64)
+        else:
+            channel = tl.load(index.to(tl.pointer_type(tl.int64)) + j, mask=mask, other=-1)
+    else:
+        channel = tl.load(index.to(tl.pointer_type(tl.int64)) + j, mask=mask, other=-1)
     live = mask & (channel >= 0) & (channel < tl.load(row + _SIZE))
     offset += channel * tl.load(row + _CHANNEL_STRIDE)
     src = tl.load(row + _SRC).to(tl.pointer_type(DTYPE))
@@ -201,19 +214,29 @@ def _gather_channels_kernel(
             if scale_address != 0:
                 x = x * tl.load(scale_address.to(tl.pointer_type(tl.float32)) + j, mask=live, other=0.0)
         final = j
-    if HAS_NOISE:
-        std_value = tl.load(row + _STD_VALUE).to(tl.int32).to(tl.float32, bitcast=True)
-        std_address = tl.load(row + _STD)
-        if std_value != 0:
-            std = tl.zeros([BLOCK], dtype=tl.float32) + std_value
-            if std_address != 0:
-                std = std * tl.load(std_address.to(tl.pointer_type(tl.float32)) + final, mask=mask, other=0.0)
-            std_scale = tl.load(row + _STD_SCALE)
-            if std_scale != 0:
-                std = std * tl.load(std_scale.to(tl.pointer_type(tl.float32)))
-            x = x + tl.randn(tl.load(row + _SEED), tl.load(row + _NOISE_OFFSET) + flat) * std
-    dst = tl.load(row + _DST).to(tl.pointer_type(DTYPE))
-    tl.store(dst + flat, _round(x, DTYPE), mask=mask)
+    if MOMENTS:
+        if DTYPE != tl.float32:
+            x = _round(x, DTYPE).to(tl.float32)  # the value as stored
+        sums = tl.load(row + _DST).to(tl.pointer_type(tl.float64))
+        tl.atomic_add(sums, tl.sum(x, axis=0).to(tl.float64))
+        tl.atomic_add(sums + 1, tl.sum(x * x, axis=0).to(tl.float64))
+    else:
+        if HAS_NOISE:
+            std_value = tl.load(row + _STD_VALUE).to(tl.int32).to(tl.float32, bitcast=True)
+            std_address = tl.load(row + _STD)
+            if std_value != 0:
+                std = tl.zeros([BLOCK], dtype=tl.float32) + std_value
+                if std_address != 0:
+                    std = std * tl.load(std_address.to(tl.pointer_type(tl.float32)) + final, mask=mask, other=0.0)
+                moments = tl.load(row + _STD_MOMENTS)
+                if moments != 0:  # times the sample std of the input, from its moments
+                    sums = moments.to(tl.pointer_type(tl.float64))
+                    total, squares, n = tl.load(sums), tl.load(sums + 1), tl.load(sums + 2)
+                    variance = tl.maximum((squares - total * total / n) / (n - 1.0), 0.0)
+                    std = std * tl.sqrt(variance).to(tl.float32)
+                x = x + tl.randn(tl.load(row + _SEED), tl.load(row + _NOISE_OFFSET) + flat) * std
+        dst = tl.load(row + _DST).to(tl.pointer_type(DTYPE))
+        tl.store(dst + flat, _round(x, DTYPE), mask=mask)
 
 
 def _merge(levels: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -280,6 +303,16 @@ def _segments(src: torch.Tensor, enumerated: list, dst: int, numel: int, head: l
     return rows
 
 
+def _moment_rows(src: torch.Tensor, dim: int, sums: int, head: list) -> list[list]:
+    """Rows summing the moments of ``src`` gathered along ``dim`` into the float64 pair at ``sums`` (every
+    segment adds to the same pair); ``head`` holds the columns NOISE_OFFSET to SCALE (an INDEX of 0: the
+    identity)."""
+    rows = _single_rows(src, dim, 0, head + [0, 0, 0])
+    for row in rows:
+        row[DST] = sums
+    return rows
+
+
 def _chained_rows(src: torch.Tensor, first: tuple, second: tuple, dst: int, head: list) -> list[list]:
     """Descriptor rows of two gathers of ``src`` in a row: ``first`` and ``second`` are (dim, index address,
     length, scale address) each; ``head`` is as for :func:`_single_rows`, with the second gather's noise. The
@@ -331,7 +364,9 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
 
     results: list[list[torch.Tensor | None]] = []
     intermediates: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}  # (group, position) -> (output, wave)
-    launches: dict[tuple[int, torch.dtype], list] = {}  # rows of each launch, by (wave, dtype)
+    # Rows of each launch by (wave, phase, dtype): phase 0 sums moments that phase 1's gathers read.
+    launches: dict[tuple[int, int, torch.dtype], list] = {}
+    moment_counts: list[int] = []  # the number of elements of each input whose moments are summed
     index_addresses = []
     for g, group in enumerate(groups):
         offset = layout.index_offsets.get(g)
@@ -353,22 +388,24 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
                 outs.append(None)  # computed by its consumer's chained rows, never stored
                 noise_offset += out_numel
                 continue
-            std, scale, std_scale = entry.std, entry.scale, entry.std_scale
+            std, scale, relative = entry.std, entry.scale, entry.std_of_input
             if type(std) is float:
-                std_address, std_bits = 0, (_float_bits(std) if std else 0)
+                std_address, std_bits = 0, (_float_bits(std * (relative or 1.0)) if std else 0)
             else:
-                std_address, std_bits = address(std), _ONE_BITS
-            std_scale_address = 0
-            if std_scale is not None and std_bits:
-                keep_alive.append(std_scale.to(device, torch.float32))
-                std_scale_address = keep_alive[-1].data_ptr()
+                std_address, std_bits = address(std), _float_bits(relative or 1.0)
+            moments = 0
+            if relative and std_bits:  # the input's moments, summed by a launch before this gather's
+                moments = -1 - (layout.nbytes + 24 * len(moment_counts))
             scale_address = 0 if scale is None else address(scale)
             head = [noise_offset, seed, index_address, length, entry.shape[dim], scale_address, std_address]
-            head += [std_bits, std_scale_address]
+            head += [std_bits, moments]
             out = empty(out_shape, dtype=entry.dtype, device=device)
             wave = 0
             if entry.consumes is None:
                 rows = _single_rows(entry.source, dim, out.data_ptr(), head)
+                if moments:
+                    source = entry.source
+                    moment_rows = _moment_rows(source, 0, moments, [0, 0, 0, source.shape[0], source.shape[0], 0])
             else:
                 pg, pk = entry.consumes
                 stored = intermediates.get((pg, pk))
@@ -376,17 +413,29 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
                     src, wave = stored
                     wave += 1
                     rows = _single_rows(src, dim, out.data_ptr(), head)
+                    if moments:
+                        moment_rows = _moment_rows(src, 0, moments, [0, 0, 0, src.shape[0], src.shape[0], 0])
                 else:  # both gathers in this output's rows
                     producer = groups[pg].entries[pk]
                     first = (producer.dim, index_addresses[pg], groups[pg].length, address(producer.scale))
                     second = (dim, index_address, length, head[SCALE - NOISE_OFFSET])
                     rows = _chained_rows(producer.source, first, second, out.data_ptr(), head)
+                    if moments:  # those of the first gather's output, which is never stored
+                        first_head = [0, 0, first[1], first[2], producer.shape[producer.dim], first[3]]
+                        moment_rows = _moment_rows(producer.source, producer.dim, moments, first_head)
             if rows:
-                launch = launches.get((wave, entry.dtype))
+                launch = launches.get((wave, 1, entry.dtype))
                 if launch is None:
-                    launches[wave, entry.dtype] = rows
+                    launches[wave, 1, entry.dtype] = rows
                 else:
                     launch += rows
+            if moments:
+                moment_counts.append(math.prod(entry.shape))
+                launch = launches.get((wave, 0, entry.dtype))
+                if launch is None:
+                    launches[wave, 0, entry.dtype] = moment_rows
+                else:
+                    launch += moment_rows
             if consumer is None:
                 outs.append(out)
             else:
@@ -394,31 +443,36 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
                 intermediates[(g, len(outs) - 1)] = (out, wave)
             noise_offset += out_numel
         results.append(outs)
-    _launch_all(checked, layout, launches)
+    _launch_all(checked, layout, launches, moment_counts)
     return results
 
 
-def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict) -> None:
-    """Number the blocks, pad the rows to one width, stage the table with the CPU data, and launch in wave order."""
+def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict, moment_counts: list[int]) -> None:
+    """Number the blocks, pad the rows to one width, stage the table (after the moments' float64 [0, 0, n]
+    triples) with the CPU data, and launch in wave order, each wave's moments before its gathers."""
     if not launches:  # every output empty: nothing to launch, nothing to send
         return
     inner_dims = max((len(row) - INNER) // 2 for rows in launches.values() for row in rows)
     fields = INNER + 2 * inner_dims
-    flat: list[int] = []
-    chunks = []  # (dtype, first row, rows)
+    prefix = 3 * len(moment_counts)
+    flat: list[int] = [0] * prefix
+    chunks = []  # (dtype, moments?, first row, rows)
     n_rows = 0
-    for (_, dtype), rows in sorted(launches.items(), key=lambda item: item[0][0]):
+    for (_, phase, dtype), rows in sorted(launches.items(), key=lambda item: item[0][:2]):
         for start in range(0, len(rows), MAX_SEGMENTS):
             chunk = rows[start : start + MAX_SEGMENTS]
-            chunks.append((dtype, n_rows, len(chunk)))
+            chunks.append((dtype, phase == 0, n_rows, len(chunk)))
             n_rows += len(chunk)
             for row in chunk:
                 flat += row
                 if len(row) < fields:  # unit levels outside the real ones change no offset
                     flat += [1, 0] * ((fields - len(row)) // 2)
-    table = np.array(flat, dtype=np.int64).reshape(n_rows, fields)
+    staged = np.array(flat, dtype=np.int64)
+    if prefix:
+        staged[2:prefix:3] = np.array(moment_counts, dtype=np.float64).view(np.int64)
+    table = staged[prefix:].reshape(n_rows, fields)
     plan = []
-    for dtype, first, n_segments in chunks:
+    for dtype, moments, first, n_segments in chunks:
         launch = table[first : first + n_segments]
         numel = launch[:, NUMEL]
         largest = int(numel.max())
@@ -427,11 +481,13 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict) -> N
         ends = np.cumsum(blocks)
         launch[:, FIRST_BLOCK] = ends - blocks
         scaled, noisy, chained = (bool(launch[:, column].any()) for column in (SCALE, STD_VALUE, OUTER_INDEX))
-        plan.append((n_segments, dtype, block, int(ends[-1]), largest, scaled, noisy, chained))
-    buffer, offset = send(checked, layout, torch.from_numpy(table), fix=_fix_staged_addresses)
+        plan.append((n_segments, dtype, moments, block, int(ends[-1]), largest, scaled, noisy, chained))
+    staged = torch.from_numpy(staged)
+    buffer, offset = send(checked, layout, staged, fix=lambda _, base: _fix_staged_addresses(table, base))
+    offset += 8 * prefix
     # Triton launches on the current CUDA device: make it the tensors' one.
     with torch.cuda.device(buffer.device) if buffer.is_cuda else contextlib.nullcontext():
-        for n_segments, dtype, block, n_blocks, largest, scaled, noisy, chained in plan:
+        for n_segments, dtype, moments, block, n_blocks, largest, scaled, noisy, chained in plan:
             end = offset + 8 * fields * n_segments
             _gather_channels_kernel[(n_blocks,)](
                 buffer[offset:end].view(torch.int64),
@@ -441,6 +497,7 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict) -> N
                 HAS_SCALE=scaled,
                 HAS_NOISE=noisy,
                 CHAINED=chained,
+                MOMENTS=moments,
                 INDEX_DTYPE=tl.int64 if largest + block > INT32_MAX else tl.int32,
                 SEGMENTS_BLOCK=max(MIN_SEGMENTS_BLOCK, triton.next_power_of_2(n_segments)),
                 BLOCK=block,
@@ -448,9 +505,8 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict) -> N
             offset = end
 
 
-def _fix_staged_addresses(table: torch.Tensor, base: int) -> None:
+def _fix_staged_addresses(rows: np.ndarray, base: int) -> None:
     """Turn the markers ``-1 - offset`` of staged data into addresses in the buffer at ``base`` (on the host)."""
-    rows = table.numpy()
     columns = rows[:, ADDRESS_COLUMNS]
     rows[:, ADDRESS_COLUMNS] = np.where(columns < 0, (base - 1) - columns, columns)
 

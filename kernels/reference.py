@@ -134,7 +134,11 @@ def _gather_groups(checked: CheckedGroups) -> list[list[torch.Tensor | None]]:
         dims = [entry.dim for entry in group.entries]
         scales = [None if e.scale is None else moved.get(id(e.scale), e.scale) for e in group.entries]
         stds = [moved.get(id(e.std), e.std) if isinstance(e.std, torch.Tensor) else e.std for e in group.entries]
-        stds = [s if e.std_scale is None else s.float() * e.std_scale for s, e in zip(stds, group.entries)]
+        for k, e in enumerate(group.entries):  # noise relative to the std of the input, as it is read
+            if e.std_of_input and (isinstance(stds[k], torch.Tensor) or stds[k]):
+                factor = (tensors[k].float().std().double() * e.std_of_input).float()
+                std = stds[k] if isinstance(stds[k], torch.Tensor) else factor.new_full((group.length,), stds[k])
+                stds[k] = std.float() * factor
         results.append(_gather(tensors, dims, index, scales, stds, group.seed))
     return results
 

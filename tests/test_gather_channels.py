@@ -278,24 +278,28 @@ def test_grow_then_prune_sequence(dtype):
 
 PTXAS = os.path.join(os.path.dirname(gather.triton.__file__), "backends", "nvidia", "bin", "ptxas")
 SIGNATURE = {"desc_ptr": "*i64", "n_segments": "i32"}
-SIGNATURE |= dict.fromkeys(["DTYPE", "INNER_DIMS", "HAS_SCALE", "HAS_NOISE", "CHAINED", "INDEX_DTYPE"], "constexpr")
+SIGNATURE |= dict.fromkeys(["DTYPE", "INNER_DIMS", "HAS_SCALE", "HAS_NOISE", "CHAINED", "MOMENTS"], "constexpr")
+SIGNATURE |= dict.fromkeys(["INDEX_DTYPE"], "constexpr")
 SIGNATURE |= dict.fromkeys(["SEGMENTS_BLOCK", "BLOCK"], "constexpr")
 
 
 @pytest.mark.skipif(not os.path.exists(PTXAS), reason="the triton wheel ships no ptxas")
 def test_compiles_without_spills():
     """Every variant (dtype × scale × noise, plus two inner levels and int64 positions with both on, plus chained
-    segments with noise) for sm_80 and sm_90, at the largest block and the segment search of a VGG-19 change
-    (256 rows; the largest search, 1024 rows, with everything on): no spills. Registers are printed (pytest -s)."""
+    segments with noise, plus the moments sums) for sm_80 and sm_90, at the largest block and the segment search
+    of a VGG-19 change (256 rows; the largest search, 1024 rows, with everything on): no spills. Registers are
+    printed (pytest -s)."""
     variants = []
     for arch, dtype in itertools.product((80, 90), ("float32", "float16", "bfloat16")):
         options = [(scale, noise, False, 1, "int32", 256) for scale in (False, True) for noise in (False, True)]
         options += [(True, True, False, 2, "int32", 256), (True, True, False, 2, "int64", 256)]
         options += [(False, True, True, 1, "int32", 256), (True, True, True, 2, "int64", 256)]
         options += [(True, True, True, 2, "int64", gather.MAX_SEGMENTS)]
-        for scale, noise, chained, inner_dims, index_dtype, segments in options:
+        options = [(*option, False) for option in options]
+        options += [(scale, False, False, 2, "int32", 256, True) for scale in (False, True)]
+        for scale, noise, chained, inner_dims, index_dtype, segments, moments in options:
             constexprs = {"DTYPE": {"dtype": dtype}, "INNER_DIMS": inner_dims, "HAS_SCALE": scale, "HAS_NOISE": noise}
-            constexprs |= {"CHAINED": chained, "INDEX_DTYPE": {"dtype": index_dtype}}
+            constexprs |= {"CHAINED": chained, "MOMENTS": moments, "INDEX_DTYPE": {"dtype": index_dtype}}
             constexprs |= {"SEGMENTS_BLOCK": segments, "BLOCK": gather.MAX_BLOCK}
             variants.append({"signature": SIGNATURE, "constexprs": constexprs, "arch": arch})
     reports = aot_compile_many(gather._gather_channels_kernel, variants)
@@ -303,7 +307,8 @@ def test_compiles_without_spills():
         c = variant["constexprs"]
         print(
             f"sm_{report.arch} {c['DTYPE']['dtype']:8} scale={c['HAS_SCALE']:d} noise={c['HAS_NOISE']:d} "
-            f"chained={c['CHAINED']:d} inner_dims={c['INNER_DIMS']} {c['INDEX_DTYPE']['dtype']} "
+            f"chained={c['CHAINED']:d} moments={c['MOMENTS']:d} inner_dims={c['INNER_DIMS']} "
+            f"{c['INDEX_DTYPE']['dtype']} "
             f"segments={c['SEGMENTS_BLOCK']}: "
             f"{report.registers} registers, {report.spills} spill bytes"
         )
@@ -505,16 +510,16 @@ def test_chained_groups_equal_calls_in_sequence(dtype, rows_first, impl, launche
         assert calls == (1 if dtype == torch.float32 else 2)  # the float32 vector of group 1 aside
 
 
-def as_batch(groups, std_scales=None) -> GatherBatch:
+def as_batch(groups, relative=None) -> GatherBatch:
     """``groups`` built into a GatherBatch entry by entry (dims made non-negative, as its callers give them);
-    ``std_scales[(g, k)]`` a device scalar multiplying that entry's vector std."""
+    ``relative[(g, k)]`` that entry's ``std_of_input``."""
     batch = GatherBatch()
     for g, (tensors, dims, index, scales, stds, seed) in enumerate(groups):
         for k, (t, dim) in enumerate(zip(tensors, dims)):
             rank = len(t.shape) if isinstance(t, torch.Tensor) else batch.output_shape(*t).__len__()
             scale = None if scales is None else scales[k]
             std = 0.0 if stds is None else stds[k]
-            assert batch.add(t, dim % rank, scale, std, (std_scales or {}).get((g, k))) == k
+            assert batch.add(t, dim % rank, scale, std, (relative or {}).get((g, k), 0.0)) == k
         assert batch.close(index, seed) == g
     return batch
 
@@ -532,16 +537,40 @@ def test_a_gather_batch_is_the_checked_call(case, impl, launches):
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_a_device_scalar_scales_a_vector_std(impl):
-    """std_scale multiplies a vector std on the device: the same noise as the product given as the std (bit for
-    bit on one path), for a plain row and for the second gather of a chained one."""
-    groups = conv_chain(torch.float32, rows_first=True)
-    scalar = torch.tensor(0.37)
-    g1_std, other = groups[1].noise_stds[0], torch.full((groups[1].index.numel(),), 0.2)
-    scaled = [groups[0], groups[1]._replace(noise_stds=[g1_std * scalar, 0.0, other * scalar])]
-    plain = groups[1]._replace(noise_stds=[g1_std, 0.0, other])
-    batch = as_batch([groups[0], plain], std_scales={(1, 0): scalar, (1, 2): scalar})
-    assert_groups(batch.run(impl), gather_channels_groups(scaled, impl=impl))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["chained", "stored", "channels_last"])
+def test_noise_relative_to_the_std_of_the_input(case, dtype, impl, launches):
+    """std_of_input c: the noise std is std · c · std(input), the input's std taken as it is read (an earlier
+    group's output as that group writes it: chained, never stored; stored, since the first gather adds noise; or
+    read from a channels_last weight) and, for a plain tensor, of that tensor. It is the noise of the same batch
+    given std · float32(c · std(input)) as its std: bit for bit on the torch path, to the rounding of the std
+    (summed on the device) on the Triton path, where the moments take launches of their own."""
+    first, second = conv_chain(dtype, rows_first=False)
+    if case == "stored":
+        first = first._replace(noise_stds=[0.0, 0.05, 0.0])
+    if case == "channels_last":
+        bias, weight, momentum = first.tensors
+        first = first._replace(tensors=[bias, weight.to(memory_format=torch.channels_last), momentum])
+    c = 0.37
+    alone = gather_channels_groups([first], impl=impl)[0]  # group 0's outputs, none consumed
+    factors = [(t.float().std().double() * c).float() for t in (alone[1], second.tensors[2])]
+    vector, _, value = second.noise_stds
+    plain = second._replace(noise_stds=[vector * factors[0], 0.0, torch.full_like(vector, value) * factors[1]])
+    before = len(launches)
+    expected = gather_channels_groups([first, plain], impl=impl)
+    calls = len(launches) - before
+    actual = as_batch([first, second], relative={(1, 0): c, (1, 2): c}).run(impl)
+    if impl == "torch":
+        assert_groups(actual, expected)
+    else:
+        # moments: one launch per (wave, dtype), before that wave's gathers
+        assert len(launches) - before - calls == calls + (2 if case == "stored" else len({dtype, torch.float32}))
+        for outs, wants in zip(actual, expected):
+            for out, want in zip(outs, wants):
+                assert (out is None) == (want is None)
+                if want is not None:
+                    torch.testing.assert_close(out, want)
+    assert not torch.equal(actual[1][0], gather_channels_groups([first, second], impl=impl)[1][0])  # it has noise
 
 
 def test_a_gather_batch_runs_once_and_closed(launches):

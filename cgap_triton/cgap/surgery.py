@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..kernels import GroupOutput, reference
-from ..kernels._checks import resolve_impl
+from ..kernels import GroupOutput
 from ..kernels._groups import GatherBatch
 from ..models import GrowableNet
 from ..models.graph import Span
@@ -115,7 +114,6 @@ class _Planner:
         # time); built once per model, since surgery keeps every module and Parameter object.
         self.params, modules, self.slots = _tables(model)
         self.modules = modules if type(model).tensor is GrowableNet.tensor else None
-        self.twin = resolve_impl(impl, next(iter(self.params.values())).device) == "torch"
         self.batch = GatherBatch()
         self.targets: list[list[tuple]] = []
         self.latest: dict[tuple, tuple[int, int]] = {}  # target -> (group, position) of the output holding it
@@ -149,39 +147,6 @@ class _Planner:
         earlier = self.latest.get(target)
         return tensor.shape if earlier is None else self.batch.output_shape(*earlier)
 
-    def value(self, target, tensor: torch.Tensor) -> torch.Tensor:
-        """The value ``target`` has after the groups planned so far: the earlier gathers of it replayed with the
-        torch twin, on the tensors' device (no host sync; the same values as the Triton kernel, noise aside)."""
-        earlier = self.latest.get(target)
-        return tensor if earlier is None else self._replay(*earlier)
-
-    def _replay(self, g: int, k: int) -> torch.Tensor:
-        group = self.batch.checked.groups[g]
-        entry = group.entries[k]
-        src = entry.source if entry.consumes is None else self._replay(*entry.consumes)
-        index, scale, std = group.index, entry.scale, entry.std
-        if (
-            src.dtype == torch.float32
-            and (scale is None or scale.dtype == torch.float32)
-            and not isinstance(std, torch.Tensor)
-            and not std
-            and index.device.type == "cpu"
-            and not (index.numpy() < 0).any()
-        ):
-            # The twin's values in two ops: no -1 to zero, no rounding, no noise (only a zero's sign may differ).
-            out = src.index_select(entry.dim, index.to(src.device, non_blocking=True))
-            if scale is not None:
-                shape = [1] * src.dim()
-                shape[entry.dim] = -1
-                out = out * scale.to(src.device, non_blocking=True).view(shape)
-            return out
-        scale = None if scale is None else scale.to(src.device, non_blocking=True)
-        std = std.to(src.device, non_blocking=True) if isinstance(std, torch.Tensor) else std
-        if entry.std_scale is not None:
-            std = std.float() * entry.std_scale
-        index = index.to(src.device, non_blocking=True)
-        return reference._gather([src], [entry.dim], index, [scale], [std], group.seed + k)[0]
-
 
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -203,7 +168,7 @@ class _Entry:
         self.targets: list[tuple] = []
         self.deferred: list[tuple] = []  # tensors this gather already holds along another dim
 
-    def add(self, tensor, dim, target, scale=None, std=0.0, std_scale=None) -> None:
+    def add(self, tensor, dim, target, scale=None, std=0.0, std_of_input=0.0) -> None:
         planner = self.planner
         # (a parameter in a key is hashed by id, but compared by value when hashes collide: key by its id)
         key = ("optim", id(target[1]), target[2]) if target[0] == "optim" else target
@@ -212,11 +177,11 @@ class _Entry:
         if earlier is not None and earlier[0] == self.g:
             # The group's units on both dims of one tensor (a residual block's conv between two sums): the second
             # dim goes into a gather of its own, with the same map, that reads this one's output.
-            self.deferred.append((tensor, dim, target, scale, std, std_scale))
+            self.deferred.append((tensor, dim, target, scale, std, std_of_input))
             return
         source = tensor if earlier is None else GroupOutput(*earlier)
         dim = dim if dim >= 0 else dim + tensor.dim()  # (the batch takes dims as they index a shape)
-        latest[key] = (self.g, planner.batch.add(source, dim, scale, std, std_scale))
+        latest[key] = (self.g, planner.batch.add(source, dim, scale, std, std_of_input))
         self.targets.append(target)
 
     def close(self, index: torch.Tensor, seed: int) -> None:
@@ -252,7 +217,7 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
     params = planner.params
     for qualname, dim in group.producers:
         t = planner.tensor(qualname)
-        std, std_scale = 0.0, None
+        std, std_of_input = 0.0, 0.0
         if growing and init in PARENTLESS and dim == 0 and t.dim() >= 2:  # every filter of the group's producers
             shape = planner.shape(("tensor", qualname), t)
             fan_out = shape[0] * math.prod(shape[2:])
@@ -263,15 +228,11 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
                 fan_out = shape[0] * math.prod(shape[2:])
                 std = new.float() * math.sqrt(2.0 / max(1, fan_out))
             elif noise > 0 and math.prod(shape) > 1:
-                # noise × std(filter weights), the std a device scalar: the host never waits for the reduction.
-                weight_std = planner.value(("tensor", qualname), t).float().std()
-                if planner.twin:  # the twin's values as ever: float32(noise × std in float64)
-                    std, std_scale = new.float(), (weight_std.double() * noise).float()
-                else:  # the kernel multiplies the three
-                    std, std_scale = torch.from_numpy(is_new * np.float32(noise)), weight_std
+                # noise × std(filter weights as the earlier groups leave them), a std the device computes
+                std, std_of_input = torch.from_numpy(is_new.astype(np.float32)), noise
             elif noise > 0:
                 std = new.float() * noise
-        add(t, dim, ("tensor", qualname), None, std, std_scale)
+        add(t, dim, ("tensor", qualname), None, std, std_of_input)
     for qualname, dim in group.consumers:
         scale = None
         if growing:
