@@ -132,9 +132,10 @@ class GatherBatch:
         """Add (``tensor``, ``dim``) to the group being built; returns its position in that group."""
         entries = self._entries
         checked = self.checked
-        if scale is not None and scale.device.type == "cpu":
+        kept = checked.host_vector_offsets  # (a vector is often the scale of several entries: kept once)
+        if scale is not None and id(scale) not in kept and scale.device.type == "cpu":
             _keep_host_vector(checked, scale)
-        if isinstance(std, torch.Tensor) and std.device.type == "cpu":
+        if isinstance(std, torch.Tensor) and id(std) not in kept and std.device.type == "cpu":
             _keep_host_vector(checked, std)
         if type(tensor) is GroupOutput:
             produced = self.entry(*tensor)

@@ -375,15 +375,16 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
             index_addresses.append(keep_alive[-1].data_ptr())
         else:
             index_addresses.append(-1 - offset)
-    empty = torch.empty
+    empty, prod = torch.empty, math.prod
     for g, group in enumerate(groups):
         length, seed, index_address, entries = group.length, group.seed, index_addresses[g], group.entries
         outs, noise_offset = [], 0
         for entry in entries:
-            dim, consumer = entry.dim, entry.consumer
-            out_shape = list(entry.shape)
+            dim, consumer, shape = entry.dim, entry.consumer, entry.shape
+            out_shape = list(shape)
             out_shape[dim] = length
-            out_numel = math.prod(out_shape)
+            inner_numel = prod(shape[dim + 1 :])
+            out_numel = prod(shape[:dim]) * length * inner_numel
             if consumer is not None and _chainable(entry, groups[consumer[0]].entries[consumer[1]]):
                 outs.append(None)  # computed by its consumer's chained rows, never stored
                 noise_offset += out_numel
@@ -396,16 +397,27 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
             moments = 0
             if relative and std_bits:  # the input's moments, summed by a launch before this gather's
                 moments = -1 - (layout.nbytes + 24 * len(moment_counts))
-            scale_address = 0 if scale is None else address(scale)
-            head = [noise_offset, seed, index_address, length, entry.shape[dim], scale_address, std_address]
-            head += [std_bits, moments]
+            if scale is None:
+                scale_address = 0
+            else:
+                scale_address = staged.get(id(scale))
+                scale_address = address(scale) if scale_address is None else -1 - scale_address
+            head = [noise_offset, seed, index_address, length, shape[dim], scale_address, std_address, std_bits]
+            head.append(moments)
             out = empty(out_shape, dtype=entry.dtype, device=device)
             wave = 0
-            if entry.consumes is None:
-                rows = _single_rows(entry.source, dim, out.data_ptr(), head)
+            source = entry.source
+            if source is not None and out_numel and source.is_contiguous():  # the usual case, in one segment
+                rows = [
+                    [source.data_ptr(), out.data_ptr(), 0, out_numel, *head, shape[dim] * inner_numel, inner_numel]
+                    + [*_UNCHAINED, inner_numel, inner_numel, 1]
+                ]
                 if moments:
-                    source = entry.source
-                    moment_rows = _moment_rows(source, 0, moments, [0, 0, 0, source.shape[0], source.shape[0], 0])
+                    moment_rows = _moment_rows(source, 0, moments, [0, 0, 0, shape[0], shape[0], 0])
+            elif source is not None:
+                rows = _single_rows(source, dim, out.data_ptr(), head)
+                if moments:
+                    moment_rows = _moment_rows(source, 0, moments, [0, 0, 0, shape[0], shape[0], 0])
             else:
                 pg, pk = entry.consumes
                 stored = intermediates.get((pg, pk))
@@ -452,7 +464,7 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict, mome
     triples) with the CPU data, and launch in wave order, each wave's moments before its gathers."""
     if not launches:  # every output empty: nothing to launch, nothing to send
         return
-    inner_dims = max((len(row) - INNER) // 2 for rows in launches.values() for row in rows)
+    inner_dims = (max(max(map(len, rows)) for rows in launches.values()) - INNER) // 2
     fields = INNER + 2 * inner_dims
     prefix = 3 * len(moment_counts)
     flat: list[int] = [0] * prefix
@@ -476,11 +488,11 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict, mome
         launch = table[first : first + n_segments]
         numel = launch[:, NUMEL]
         largest = int(numel.max())
-        block = max(MIN_BLOCK, min(MAX_BLOCK, triton.next_power_of_2(largest)))
+        block = max(MIN_BLOCK, min(MAX_BLOCK, _next_power_of_2(largest)))
         blocks = -(-numel // block)
         ends = np.cumsum(blocks)
         launch[:, FIRST_BLOCK] = ends - blocks
-        scaled, noisy, chained = (bool(launch[:, column].any()) for column in (SCALE, STD_VALUE, OUTER_INDEX))
+        scaled, noisy, chained = launch[:, (SCALE, STD_VALUE, OUTER_INDEX)].any(axis=0).tolist()
         plan.append((n_segments, dtype, moments, block, int(ends[-1]), largest, scaled, noisy, chained))
     staged = torch.from_numpy(staged)
     buffer, offset = send(checked, layout, staged, fix=lambda _, base: _fix_staged_addresses(table, base))
@@ -499,10 +511,15 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict, mome
                 CHAINED=chained,
                 MOMENTS=moments,
                 INDEX_DTYPE=tl.int64 if largest + block > INT32_MAX else tl.int32,
-                SEGMENTS_BLOCK=max(MIN_SEGMENTS_BLOCK, triton.next_power_of_2(n_segments)),
+                SEGMENTS_BLOCK=max(MIN_SEGMENTS_BLOCK, _next_power_of_2(n_segments)),
                 BLOCK=block,
             )
             offset = end
+
+
+def _next_power_of_2(n: int) -> int:
+    """The smallest power of 2 >= ``n`` (``triton.next_power_of_2`` in one int operation)."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
 def _fix_staged_addresses(rows: np.ndarray, base: int) -> None:

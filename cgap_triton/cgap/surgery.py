@@ -112,7 +112,7 @@ class _Planner:
         self.model, self.optimizer, self.saliency = model, optimizer, saliency
         # Parameters and modules by name, for the many lookups of a change (``model.tensor`` walks the path each
         # time); built once per model, since surgery keeps every module and Parameter object.
-        self.params, modules, self.slots = _tables(model)
+        self.params, modules, self.slots, self.statics = _tables(model)
         self.modules = modules if type(model).tensor is GrowableNet.tensor else None
         self.batch = GatherBatch()
         self.targets: list[list[tuple]] = []
@@ -126,21 +126,36 @@ class _Planner:
         return _Entry(self, len(self.batch), width)
 
     def tensor(self, qualname: str) -> torch.Tensor:
-        """``model.tensor(qualname)``, the module found in the table built once."""
+        """``model.tensor(qualname)``, read from the module's parameter or buffer table found once."""
         if self.modules is None:
             return self.model.tensor(qualname)
-        module, attr = self.slot(qualname)
-        return getattr(module, attr)
+        module, attr, table = self.slots.get(qualname) or self.slot(qualname)
+        return getattr(module, attr) if table is None else table[attr]
 
-    def slot(self, qualname: str) -> tuple[nn.Module, str]:
-        """The module holding ``qualname`` and its attribute name, found once per model."""
+    def slot(self, qualname: str) -> tuple[nn.Module, str, dict | None]:
+        """The module holding ``qualname``, its attribute name and the module's table (``_parameters`` or
+        ``_buffers``) that holds it (None for another attribute), found once per model."""
         slots = self.slots
         found = slots.get(qualname)
         if found is None:
             module_name, _, attr = qualname.rpartition(".")
             module = None if self.modules is None else self.modules.get(module_name)
-            found = slots[qualname] = (self.model.get_submodule(module_name) if module is None else module, attr)
+            module = self.model.get_submodule(module_name) if module is None else module
+            table = next((t for t in (module._parameters, module._buffers) if t.get(attr) is not None), None)
+            found = slots[qualname] = (module, attr, table)
         return found
+
+    def static(self, group) -> tuple[tuple, tuple, tuple]:
+        """What surgery reads of ``group`` at every change, found once per model: its producers and consumers as
+        (qualname, dim, target), and the parameters among them as (parameter, dim), whose optimizer state it
+        carries."""
+        found = self.statics.get(group.name)
+        if found is None or found[0] is not group:
+            producers = tuple((q, d, ("tensor", q)) for q, d in group.producers)
+            consumers = tuple((q, d, ("tensor", q)) for q, d in group.consumers)
+            owners = tuple((self.params[q], d) for q, d in group.producers + group.consumers if q in self.params)
+            found = self.statics[group.name] = (group, (producers, consumers, owners))
+        return found[1]
 
     def shape(self, target, tensor: torch.Tensor) -> tuple[int, ...]:
         """The shape ``target`` has after the groups planned so far."""
@@ -151,12 +166,13 @@ class _Planner:
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _tables(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, nn.Module], dict[str, tuple]]:
+def _tables(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, nn.Module], dict[str, tuple], dict]:
     """``model``'s parameters and modules by name, kept while the model lives (surgery adds or removes none);
-    the third table, filled as surgery goes, holds each tensor's (module, attribute)."""
+    the third and fourth tables, filled as surgery goes, hold each tensor's (module, attribute, table) and what
+    surgery reads of each group (``_Planner.static``)."""
     cached = _TABLES.get(model)
     if cached is None:
-        cached = _TABLES[model] = (dict(model.named_parameters()), dict(model.named_modules()), {})
+        cached = _TABLES[model] = (dict(model.named_parameters()), dict(model.named_modules()), {}, {})
     return cached
 
 
@@ -213,39 +229,35 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
 
     entry = planner.open(index.numel())
     add = entry.add
-
-    params = planner.params
-    for qualname, dim in group.producers:
-        t = planner.tensor(qualname)
+    producers, consumers, owners = planner.static(group)
+    tensor = planner.tensor
+    for qualname, dim, target in producers:
+        t = tensor(qualname)
         std, std_of_input = 0.0, 0.0
-        if growing and init in PARENTLESS and dim == 0 and t.dim() >= 2:  # every filter of the group's producers
-            shape = planner.shape(("tensor", qualname), t)
-            fan_out = shape[0] * math.prod(shape[2:])
-            std = new.float() * math.sqrt(2.0 / max(1, fan_out))
-        elif growing and qualname == group.saliency:
-            shape = planner.shape(("tensor", qualname), t)
-            if init in PARENTLESS:
-                fan_out = shape[0] * math.prod(shape[2:])
-                std = new.float() * math.sqrt(2.0 / max(1, fan_out))
-            elif noise > 0 and math.prod(shape) > 1:
+        if not growing:
+            pass
+        elif init in PARENTLESS and (qualname == group.saliency or (dim == 0 and t.dim() >= 2)):
+            shape = planner.shape(target, t)  # every filter of the group's producers: Kaiming-normal
+            std = new.float() * math.sqrt(2.0 / max(1, shape[0] * math.prod(shape[2:])))
+        elif qualname == group.saliency and noise > 0:
+            if math.prod(planner.shape(target, t)) > 1:
                 # noise × std(filter weights as the earlier groups leave them), a std the device computes
                 std, std_of_input = torch.from_numpy(is_new.astype(np.float32)), noise
-            elif noise > 0:
+            else:
                 std = new.float() * noise
-        add(t, dim, ("tensor", qualname), None, std, std_of_input)
-    for qualname, dim in group.consumers:
-        scale = None
-        if growing:
-            scale = half if init == "split" else old
-        add(planner.tensor(qualname), dim, ("tensor", qualname), scale)
+        add(t, dim, target, None, std, std_of_input)
+    scale = (half if init == "split" else old) if growing else None
+    for qualname, dim, target in consumers:
+        add(tensor(qualname), dim, target, scale)
     if optimizer is not None:
-        for qualname, dim in group.producers + group.consumers:
-            p = params.get(qualname)
-            if p is None or p not in optimizer.state:
-                continue
-            for key, value in optimizer.state[p].items():
-                if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                    add(value, dim, ("optim", p, key), old if growing else None)
+        state, scale = optimizer.state, old if growing else None
+        for p, dim in owners:
+            values = state.get(p)
+            if values:
+                shape = p.shape
+                for key, value in values.items():
+                    if isinstance(value, torch.Tensor) and value.shape == shape:
+                        add(value, dim, ("optim", p, key), scale)
     if saliency is not None and group.name in saliency:
         add(saliency[group.name], 0, ("saliency", group.name), half if growing else None)
 
@@ -298,12 +310,16 @@ def _plan_span(planner: _Planner, span: Span, change: WidthChange, before: dict[
 
 
 def _assign_results(planner: _Planner, targets, results) -> None:
-    optimizer, saliency = planner.optimizer, planner.saliency
+    optimizer, saliency, slots = planner.optimizer, planner.saliency, planner.slots
     for target, result in zip(targets, results):
         if result is None:  # consumed by a later group of the change, which assigns the final value
             continue
         if target[0] == "tensor":
-            _assign(*planner.slot(target[1]), result)
+            module, attr, table = slots.get(target[1]) or planner.slot(target[1])
+            if table is module._parameters:
+                table[attr].data = result  # same Parameter object: the optimizer keeps tracking it
+            else:
+                _assign(module, attr, result)
         elif target[0] == "optim":
             optimizer.state[target[1]][target[2]] = result
         else:
