@@ -380,11 +380,12 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
         length, seed, index_address, entries = group.length, group.seed, index_addresses[g], group.entries
         outs, noise_offset = [], 0
         for entry in entries:
-            dim, consumer, shape = entry.dim, entry.consumer, entry.shape
+            dim, shape, source = entry.dim, entry.shape, entry.source
+            channel, inner_numel = shape[dim], prod(shape[dim + 1 :])
             out_shape = list(shape)
             out_shape[dim] = length
-            inner_numel = prod(shape[dim + 1 :])
             out_numel = prod(shape[:dim]) * length * inner_numel
+            consumer = entry.consumer
             if consumer is not None and _chainable(entry, groups[consumer[0]].entries[consumer[1]]):
                 outs.append(None)  # computed by its consumer's chained rows, never stored
                 noise_offset += out_numel
@@ -402,39 +403,40 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
             else:
                 scale_address = staged.get(id(scale))
                 scale_address = address(scale) if scale_address is None else -1 - scale_address
-            head = [noise_offset, seed, index_address, length, shape[dim], scale_address, std_address, std_bits]
-            head.append(moments)
-            out = empty(out_shape, dtype=entry.dtype, device=device)
+            out = empty(*out_shape, dtype=entry.dtype, device=device)  # (ints, not a list: parsed faster)
             wave = 0
-            source = entry.source
-            if source is not None and out_numel and source.is_contiguous():  # the usual case, in one segment
+            if source is not None and out_numel and source.is_contiguous():
                 rows = [
-                    [source.data_ptr(), out.data_ptr(), 0, out_numel, *head, shape[dim] * inner_numel, inner_numel]
+                    [source.data_ptr(), out.data_ptr(), 0, out_numel, noise_offset, seed, index_address, length]
+                    + [channel, scale_address, std_address, std_bits, moments, channel * inner_numel, inner_numel]
                     + [*_UNCHAINED, inner_numel, inner_numel, 1]
                 ]
                 if moments:
                     moment_rows = _moment_rows(source, 0, moments, [0, 0, 0, shape[0], shape[0], 0])
-            elif source is not None:
-                rows = _single_rows(source, dim, out.data_ptr(), head)
-                if moments:
-                    moment_rows = _moment_rows(source, 0, moments, [0, 0, 0, shape[0], shape[0], 0])
             else:
-                pg, pk = entry.consumes
-                stored = intermediates.get((pg, pk))
-                if stored is not None:  # the earlier output, stored by an earlier launch
-                    src, wave = stored
-                    wave += 1
-                    rows = _single_rows(src, dim, out.data_ptr(), head)
+                head = [noise_offset, seed, index_address, length, channel, scale_address, std_address, std_bits]
+                head.append(moments)
+                if source is not None:
+                    rows = _single_rows(source, dim, out.data_ptr(), head)
                     if moments:
-                        moment_rows = _moment_rows(src, 0, moments, [0, 0, 0, src.shape[0], src.shape[0], 0])
-                else:  # both gathers in this output's rows
-                    producer = groups[pg].entries[pk]
-                    first = (producer.dim, index_addresses[pg], groups[pg].length, address(producer.scale))
-                    second = (dim, index_address, length, head[SCALE - NOISE_OFFSET])
-                    rows = _chained_rows(producer.source, first, second, out.data_ptr(), head)
-                    if moments:  # those of the first gather's output, which is never stored
-                        first_head = [0, 0, first[1], first[2], producer.shape[producer.dim], first[3]]
-                        moment_rows = _moment_rows(producer.source, producer.dim, moments, first_head)
+                        moment_rows = _moment_rows(source, 0, moments, [0, 0, 0, shape[0], shape[0], 0])
+                else:
+                    pg, pk = entry.consumes
+                    stored = intermediates.get((pg, pk))
+                    if stored is not None:  # the earlier output, stored by an earlier launch
+                        src, wave = stored
+                        wave += 1
+                        rows = _single_rows(src, dim, out.data_ptr(), head)
+                        if moments:
+                            moment_rows = _moment_rows(src, 0, moments, [0, 0, 0, src.shape[0], src.shape[0], 0])
+                    else:  # both gathers in this output's rows
+                        producer = groups[pg].entries[pk]
+                        first = (producer.dim, index_addresses[pg], groups[pg].length, address(producer.scale))
+                        second = (dim, index_address, length, scale_address)
+                        rows = _chained_rows(producer.source, first, second, out.data_ptr(), head)
+                        if moments:  # those of the first gather's output, which is never stored
+                            first_head = [0, 0, first[1], first[2], producer.shape[producer.dim], first[3]]
+                            moment_rows = _moment_rows(producer.source, producer.dim, moments, first_head)
             if rows:
                 launch = launches.get((wave, 1, entry.dtype))
                 if launch is None:

@@ -209,7 +209,7 @@ def test_guard_buffers(dtype, monkeypatch):
         def __getattr__(self, name):
             return getattr(torch, name)
 
-        def empty(self, shape, dtype, device):
+        def empty(self, *shape, dtype, device):
             carved.append(carve(shape, dtype))
             return carved[-1][0]
 
@@ -643,7 +643,7 @@ def test_chained_guard_buffers(dtype, monkeypatch):
         def __getattr__(self, name):
             return getattr(torch, name)
 
-        def empty(self, shape, dtype, device):
+        def empty(self, *shape, dtype, device):
             carved.append(carve(shape, dtype))
             return carved[-1][0]
 

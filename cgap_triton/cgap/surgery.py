@@ -71,7 +71,8 @@ def apply_width_change(
         p.grad = None
     for name, group_change in change.groups.items():
         group = groups[name]
-        if planner.after_gather_reads & {qualname for qualname, _ in group.producers + group.consumers}:
+        reads = planner.after_gather_reads
+        if reads and reads & {qualname for qualname, _ in group.producers + group.consumers}:
             # An earlier group's step after the gather touches a tensor this group gathers: run what is
             # planned first, so that each sees the other as in sequence (not with the groups in model order).
             _run(planner, change.kind, impl)
@@ -217,15 +218,18 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
     index, new = change.index.cpu(), change.new.cpu()
     is_new = new.numpy()  # the scales are small host vectors: numpy builds them for a fraction of torch's dispatch
     growing = kind == "grow" and bool(is_new.any())
-    old = half = None  # the scales below, used by growth only
+    old = half = fresh = None  # the scales below, used by growth only
     if growing:
-        old = torch.from_numpy((~is_new).astype(np.float32))
+        fresh = is_new.astype(np.float32)  # 1 on new units
+        old = torch.from_numpy(1 - fresh)
         # A new unit and its parent share the parent's outgoing columns and saliency: 0.5 each, 1 elsewhere.
-        shares = np.ones(is_new.shape[0], dtype=np.float32)
-        if init not in PARENTLESS:
-            shares[is_new] = 0.5
+        if init in PARENTLESS:
+            half = old.new_ones(old.shape)
+        else:
+            shares = 1 - 0.5 * fresh
             shares[index.numpy()[is_new]] = 0.5
-        half = torch.from_numpy(shares)
+            half = torch.from_numpy(shares)
+        fresh = torch.from_numpy(fresh)
 
     entry = planner.open(index.numel())
     add = entry.add
@@ -238,13 +242,13 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
             pass
         elif init in PARENTLESS and (qualname == group.saliency or (dim == 0 and t.dim() >= 2)):
             shape = planner.shape(target, t)  # every filter of the group's producers: Kaiming-normal
-            std = new.float() * math.sqrt(2.0 / max(1, shape[0] * math.prod(shape[2:])))
+            std = fresh * math.sqrt(2.0 / max(1, shape[0] * math.prod(shape[2:])))
         elif qualname == group.saliency and noise > 0:
             if math.prod(planner.shape(target, t)) > 1:
                 # noise × std(filter weights as the earlier groups leave them), a std the device computes
-                std, std_of_input = torch.from_numpy(is_new.astype(np.float32)), noise
+                std, std_of_input = fresh, noise
             else:
-                std = new.float() * noise
+                std = fresh * noise
         add(t, dim, target, None, std, std_of_input)
     scale = (half if init == "split" else old) if growing else None
     for qualname, dim, target in consumers:
