@@ -318,17 +318,23 @@ def _chained_rows(src: torch.Tensor, first: tuple, second: tuple, dst: int, head
     length, scale address) each; ``head`` is as for :func:`_single_rows`, with the second gather's noise. The
     larger dim is the channel dim, the smaller the outer counter (every dim between them has size 1); dims
     before the smaller one are enumerated into segments."""
-    (outer_dim, outer_index, outer_length, outer_scale), (channel_dim, index, length, scale) = sorted((first, second))
+    outer_first = first[0] < second[0]
+    outer, channel = (first, second) if outer_first else (second, first)
+    (outer_dim, outer_index, outer_length, outer_scale), (channel_dim, index, length, scale) = outer, channel
     shape, strides = src.shape, src.stride()
-    inner = _levels(shape, strides, range(channel_dim + 1, len(shape))) or [(1, 0)]
-    inner_numel = math.prod(s for s, _ in inner)
+    if src.is_contiguous():  # the inner dims address as one level
+        inner_numel = math.prod(shape[channel_dim + 1 :])
+        inner = ((inner_numel, 1),)
+    else:
+        inner = _levels(shape, strides, range(channel_dim + 1, len(shape))) or [(1, 0)]
+        inner_numel = math.prod(s for s, _ in inner)
     numel = outer_length * length * inner_numel
     if not numel:
         return []
     head = [*head]
     head[INDEX - NOISE_OFFSET : SCALE - NOISE_OFFSET + 1] = [index, length, shape[channel_dim], scale]
-    tail = [strides[outer_dim], strides[channel_dim], outer_index, shape[outer_dim], outer_scale]
-    tail += [int(first[0] == outer_dim), inner_numel, *(value for level in reversed(inner) for value in level)]
+    tail = [strides[outer_dim], strides[channel_dim], outer_index, shape[outer_dim], outer_scale, int(outer_first)]
+    tail += [inner_numel, *(value for level in reversed(inner) for value in level)]
     if outer_dim == 0:  # nothing to enumerate: one segment (a conv weight's rows and columns)
         return [[src.data_ptr(), dst, 0, numel, *head, *tail]]
     return _segments(src, _levels(shape, strides, range(outer_dim)), dst, numel, head, tail)
@@ -469,7 +475,7 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict, mome
     inner_dims = (max(max(map(len, rows)) for rows in launches.values()) - INNER) // 2
     fields = INNER + 2 * inner_dims
     prefix = 3 * len(moment_counts)
-    flat: list[int] = [0] * prefix
+    flat: list[int] = [0] * prefix  # the moments' triples, then the rows
     chunks = []  # (dtype, moments?, first row, rows)
     n_rows = 0
     for (_, phase, dtype), rows in sorted(launches.items(), key=lambda item: item[0][:2]):
@@ -481,7 +487,7 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict, mome
                 flat += row
                 if len(row) < fields:  # unit levels outside the real ones change no offset
                     flat += [1, 0] * ((fields - len(row)) // 2)
-    staged = np.array(flat, dtype=np.int64)
+    staged = np.fromiter(flat, dtype=np.int64, count=len(flat))
     if prefix:
         staged[2:prefix:3] = np.array(moment_counts, dtype=np.float64).view(np.int64)
     table = staged[prefix:].reshape(n_rows, fields)

@@ -187,7 +187,7 @@ class _Entry:
 
     def add(self, tensor, dim, target, scale=None, std=0.0, std_of_input=0.0) -> None:
         planner = self.planner
-        # (a parameter in a key is hashed by id, but compared by value when hashes collide: key by its id)
+        # (an optimizer-state target holds the parameter's state dict, which a key names by its id)
         key = ("optim", id(target[1]), target[2]) if target[0] == "optim" else target
         latest = planner.latest
         earlier = latest.get(key)
@@ -261,7 +261,7 @@ def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
                 shape = p.shape
                 for key, value in values.items():
                     if isinstance(value, torch.Tensor) and value.shape == shape:
-                        add(value, dim, ("optim", p, key), scale)
+                        add(value, dim, ("optim", values, key), scale)
     if saliency is not None and group.name in saliency:
         add(saliency[group.name], 0, ("saliency", group.name), half if growing else None)
 
@@ -304,9 +304,10 @@ def _plan_span(planner: _Planner, span: Span, change: WidthChange, before: dict[
     p = planner.params.get(span.tensor)
     if planner.optimizer is not None and p is not None and p in planner.optimizer.state:
         old = span.expand(after, {k: 1 - v for k, v in news.items()}, 1.0) if growing else None
-        for key, value in planner.optimizer.state[p].items():
+        values = planner.optimizer.state[p]
+        for key, value in values.items():
             if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                entry.add(value, span.dim, ("optim", p, key), old)
+                entry.add(value, span.dim, ("optim", values, key), old)
     entry.close(index, 0)
     parentless = {k: v for k, v in news.items() if change.groups[k].init in PARENTLESS}
     if growing and span.fill is not None and parentless and span.role == "producer":
@@ -314,7 +315,7 @@ def _plan_span(planner: _Planner, span: Span, change: WidthChange, before: dict[
 
 
 def _assign_results(planner: _Planner, targets, results) -> None:
-    optimizer, saliency, slots = planner.optimizer, planner.saliency, planner.slots
+    saliency, slots = planner.saliency, planner.slots
     for target, result in zip(targets, results):
         if result is None:  # consumed by a later group of the change, which assigns the final value
             continue
@@ -324,8 +325,8 @@ def _assign_results(planner: _Planner, targets, results) -> None:
                 table[attr].data = result  # same Parameter object: the optimizer keeps tracking it
             else:
                 _assign(module, attr, result)
-        elif target[0] == "optim":
-            optimizer.state[target[1]][target[2]] = result
+        elif target[0] == "optim":  # (the parameter's state dict, the key)
+            target[1][target[2]] = result
         else:
             saliency[target[1]] = result
 
