@@ -41,7 +41,7 @@ from cgap_triton.kernels import (
     gather_channels_many,
     reference,
 )
-from cgap_triton.kernels._groups import GatherBatch
+from cgap_triton.kernels._groups import GatherBatch, host_vector
 
 import cgap_triton.cgap.surgery as surgery
 from cgap_triton.models import VGG_CFGS, ModelSpec, build_model
@@ -167,8 +167,8 @@ def as_gather_groups(batch: GatherBatch) -> tuple[list[GatherGroup], dict[tuple[
             tensors.append(GroupOutput(*e.consumes) if e.source is None else e.source.detach())
             inputs.append(tensors[-1] if e.source is not None else values[e.consumes[0]][e.consumes[1]])
             dims.append(e.dim)
-            scales.append(e.scale)
-            std = e.std
+            scales.append(None if e.scale is None else host_vector(e.scale))
+            std = e.std if type(e.std) is float else host_vector(e.std)
             if e.std_of_input and (isinstance(std, torch.Tensor) or std):
                 relative[g, k] = (std, e.std_of_input)
                 factor = (inputs[-1].float().std().double() * e.std_of_input).float()

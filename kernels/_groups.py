@@ -28,6 +28,23 @@ class GroupOutput(NamedTuple):
     position: int
 
 
+class VectorSlice(NamedTuple):
+    """Elements ``[start, start + length)`` of the 1-D float32 CPU tensor ``base``, as a per-slice vector (scale or
+    std) of a :class:`GatherBatch` entry. The batch stages ``base`` once for all its slices, where a vector per
+    entry would be a tensor to make and one more to stage (surgery builds every group's vectors in one array)."""
+
+    base: torch.Tensor
+    start: int
+    length: int
+
+
+def host_vector(vector: torch.Tensor | VectorSlice) -> torch.Tensor:
+    """``vector`` as a tensor (a :class:`VectorSlice` as a view of its base)."""
+    if type(vector) is VectorSlice:
+        return vector.base[vector.start : vector.start + vector.length]
+    return vector
+
+
 class GatherGroup(NamedTuple):
     """One index map and the (tensor, dim) pairs it rebuilds: the arguments of one ``gather_channels_many`` call.
 
@@ -52,8 +69,8 @@ class Entry:
     dim: int
     shape: tuple[int, ...]  # of the input (an earlier output's shape for a GroupOutput)
     dtype: torch.dtype
-    scale: torch.Tensor | None
-    std: float | torch.Tensor
+    scale: torch.Tensor | VectorSlice | None  # (a VectorSlice only from a GatherBatch)
+    std: float | torch.Tensor | VectorSlice
     consumer: tuple[int, int] | None = None  # the later (group, position) that reads this output, if any
     std_of_input: float = 0.0  # when nonzero, the std is also multiplied by this times std(the input read)
 
@@ -90,7 +107,8 @@ class GatherBatch:
     It holds what :func:`check_gather_groups` would return, without the checks: no type, shape, device, dim or
     range check is made, and the caller must give tensors of a supported dtype on one device, dims in
     ``[0, rank)``, one size along the dims of a group, 1-D int64 index maps (on the CPU or the device) and
-    per-slice float vectors of the map's length. An index outside ``[-1, size)`` reads as -1 in the Triton
+    per-slice float vectors of the map's length (tensors, or :class:`VectorSlice` of a CPU float32 base whose
+    elements the batch stages once). An index outside ``[-1, size)`` reads as -1 in the Triton
     kernel (the torch twin fails as ``index_select`` does), but a vector shorter than its map is read past its
     end. A structural change of a model is such a call: its planner knows every shape, and building the batch
     costs a fraction of checking it.
@@ -125,18 +143,21 @@ class GatherBatch:
         self,
         tensor: torch.Tensor | GroupOutput,
         dim: int,
-        scale: torch.Tensor | None = None,
-        std: float | torch.Tensor = 0.0,
+        scale: torch.Tensor | VectorSlice | None = None,
+        std: float | torch.Tensor | VectorSlice = 0.0,
         std_of_input: float = 0.0,
     ) -> int:
         """Add (``tensor``, ``dim``) to the group being built; returns its position in that group."""
         entries = self._entries
         checked = self.checked
         kept = checked.host_vector_offsets  # (a vector is often the scale of several entries: kept once)
-        if scale is not None and id(scale) not in kept and scale.device.type == "cpu":
-            _keep_host_vector(checked, scale)
-        if isinstance(std, torch.Tensor) and id(std) not in kept and std.device.type == "cpu":
-            _keep_host_vector(checked, std)
+        for vector in (scale, std):
+            if type(vector) is VectorSlice:
+                vector = vector.base
+            elif not isinstance(vector, torch.Tensor):
+                continue
+            if id(vector) not in kept and vector.device.type == "cpu":
+                _keep_host_vector(checked, vector)
         if type(tensor) is GroupOutput:
             produced = self.entry(*tensor)
             produced.consumer = (len(checked.groups), len(entries))

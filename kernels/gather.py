@@ -62,7 +62,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._groups import CheckedGroup, CheckedGroups, Entry, HostLayout, collect_host_data, host_layout, send
+from ._groups import (
+    CheckedGroup,
+    CheckedGroups,
+    Entry,
+    HostLayout,
+    VectorSlice,
+    collect_host_data,
+    host_layout,
+    send,
+)
 
 MIN_BLOCK, MAX_BLOCK = 128, 1024  # output elements per program; the floor keeps compiled variants few
 MIN_SEGMENTS_BLOCK = 16  # likewise for the segment search
@@ -343,7 +352,7 @@ def _chained_rows(src: torch.Tensor, first: tuple, second: tuple, dst: int, head
 def _chainable(producer: Entry, consumer: Entry) -> bool:
     """Whether one chained row can do both gathers: the first reads a tensor and adds no noise, and the two run
     along different dims with only size-1 dims between them."""
-    if producer.source is None or isinstance(producer.std, torch.Tensor) or producer.std != 0:
+    if producer.source is None or type(producer.std) is not float or producer.std != 0:
         return False
     low, high = sorted((producer.dim, consumer.dim))
     return low != high and all(producer.shape[d] == 1 for d in range(low + 1, high))
@@ -362,11 +371,14 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
         """A float32 vector's address; for one given on the CPU, a marker of its place in the buffer."""
         if vector is None:
             return 0
+        start = 0
+        if type(vector) is VectorSlice:
+            vector, start = vector.base, 4 * vector.start
         offset = staged.get(id(vector))
         if offset is not None:
-            return -1 - offset
+            return -1 - offset - start
         keep_alive.append(vector.to(torch.float32).contiguous())
-        return keep_alive[-1].data_ptr()
+        return keep_alive[-1].data_ptr() + start
 
     results: list[list[torch.Tensor | None]] = []
     intermediates: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}  # (group, position) -> (output, wave)
@@ -404,11 +416,7 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
             moments = 0
             if relative and std_bits:  # the input's moments, summed by a launch before this gather's
                 moments = -1 - (layout.nbytes + 24 * len(moment_counts))
-            if scale is None:
-                scale_address = 0
-            else:
-                scale_address = staged.get(id(scale))
-                scale_address = address(scale) if scale_address is None else -1 - scale_address
+            scale_address = address(scale)
             out = empty(*out_shape, dtype=entry.dtype, device=device)  # (ints, not a list: parsed faster)
             wave = 0
             if source is not None and out_numel and source.is_contiguous():

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from ._checks import check_channel_stats_args, check_gather_args
-from ._groups import CheckedGroups, GatherGroup, check_gather_groups, staged_views
+from ._groups import CheckedGroups, GatherGroup, VectorSlice, check_gather_groups, staged_views
 
 __all__ = ["channel_stats", "gather_channels", "gather_channels_groups", "gather_channels_many"]
 
@@ -132,8 +132,8 @@ def _gather_groups(checked: CheckedGroups) -> list[list[torch.Tensor | None]]:
             else:
                 tensors.append(entry.source)
         dims = [entry.dim for entry in group.entries]
-        scales = [None if e.scale is None else moved.get(id(e.scale), e.scale) for e in group.entries]
-        stds = [moved.get(id(e.std), e.std) if isinstance(e.std, torch.Tensor) else e.std for e in group.entries]
+        scales = [None if e.scale is None else _moved(e.scale, moved) for e in group.entries]
+        stds = [e.std if type(e.std) is float else _moved(e.std, moved) for e in group.entries]
         for k, e in enumerate(group.entries):  # noise relative to the std of the input, as it is read
             if e.std_of_input and (isinstance(stds[k], torch.Tensor) or stds[k]):
                 factor = (tensors[k].float().std().double() * e.std_of_input).float()
@@ -141,6 +141,14 @@ def _gather_groups(checked: CheckedGroups) -> list[list[torch.Tensor | None]]:
                 stds[k] = std.float() * factor
         results.append(_gather(tensors, dims, index, scales, stds, group.seed))
     return results
+
+
+def _moved(vector, moved: dict[int, torch.Tensor]) -> torch.Tensor:
+    """A per-slice vector (or a ``VectorSlice`` of one) as staged on the tensors' device."""
+    if type(vector) is VectorSlice:
+        base = moved.get(id(vector.base), vector.base)
+        return base[vector.start : vector.start + vector.length]
+    return moved.get(id(vector), vector)
 
 
 def gather_channels(

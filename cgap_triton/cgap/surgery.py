@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..kernels import GroupOutput
-from ..kernels._groups import GatherBatch
+from ..kernels._groups import GatherBatch, VectorSlice, host_vector
 from ..models import GrowableNet
 from ..models.graph import Span
 from .change import GroupChange, WidthChange
@@ -67,8 +68,10 @@ def apply_width_change(
     spans = list({(s.tensor, s.dim): s for name in change.groups for s in groups[name].spans}.values())
     before = model.widths if spans else {}
     planner = _Planner(model, optimizer, saliency, impl)
+    scales = _growth_scales(change)
     for p in planner.params.values():  # the model's parameters, from the table built once
-        p.grad = None
+        if p.grad is not None:
+            p.grad = None
     for name, group_change in change.groups.items():
         group = groups[name]
         reads = planner.after_gather_reads
@@ -77,7 +80,7 @@ def apply_width_change(
             # planned first, so that each sees the other as in sequence (not with the groups in model order).
             _run(planner, change.kind, impl)
             planner = _Planner(model, optimizer, saliency, impl)
-        _plan_group(planner, group, group_change, change.kind)
+        _plan_group(planner, group, group_change, scales[name])
         if _has_after_gather(group_change, change.kind):
             planner.after_gather_reads.update(qualname for qualname, _ in group.producers)
     if spans:
@@ -148,13 +151,18 @@ class _Planner:
 
     def static(self, group) -> tuple[tuple, tuple, tuple]:
         """What surgery reads of ``group`` at every change, found once per model: its producers and consumers as
-        (qualname, dim, target), and the parameters among them as (parameter, dim), whose optimizer state it
-        carries."""
+        (qualname, dim, target, alone), and the parameters among them as (parameter, dim, alone), whose optimizer
+        state it carries. ``alone``: no other group of the model (nor a span) reads the tensor, so no other gather
+        of a change reads or rewrites it, and it needs no bookkeeping (see ``_Entry.add``)."""
         found = self.statics.get(group.name)
         if found is None or found[0] is not group:
-            producers = tuple((q, d, ("tensor", q)) for q, d in group.producers)
-            consumers = tuple((q, d, ("tensor", q)) for q, d in group.consumers)
-            owners = tuple((self.params[q], d) for q, d in group.producers + group.consumers if q in self.params)
+            read = [q for g in self.model.groups for q, _ in g.producers + g.consumers]
+            read += [s.tensor for g in self.model.groups for s in g.spans]
+            alone = {q for q in read if read.count(q) == 1}
+            producers = tuple((q, d, ("tensor", q), q in alone) for q, d in group.producers)
+            consumers = tuple((q, d, ("tensor", q), q in alone) for q, d in group.consumers)
+            pairs = group.producers + group.consumers
+            owners = tuple((self.params[q], d, q in alone) for q, d in pairs if q in self.params)
             found = self.statics[group.name] = (group, (producers, consumers, owners))
         return found[1]
 
@@ -185,8 +193,12 @@ class _Entry:
         self.targets: list[tuple] = []
         self.deferred: list[tuple] = []  # tensors this gather already holds along another dim
 
-    def add(self, tensor, dim, target, scale=None, std=0.0, std_of_input=0.0) -> None:
+    def add(self, tensor, dim, target, scale=None, std=0.0, std_of_input=0.0, alone=False) -> None:
         planner = self.planner
+        if alone:  # no other gather of the change reads or rewrites this tensor
+            planner.batch.add(tensor, dim if dim >= 0 else dim + tensor.dim(), scale, std, std_of_input)
+            self.targets.append(target)
+            return
         # (an optimizer-state target holds the parameter's state dict, which a key names by its id)
         key = ("optim", id(target[1]), target[2]) if target[0] == "optim" else target
         latest = planner.latest
@@ -211,62 +223,90 @@ class _Entry:
             again.close(index, seed)
 
 
-def _plan_group(planner: _Planner, group, change: GroupChange, kind) -> None:
+class _Scales(NamedTuple):
+    """A group's per-unit vectors in a growth change (all None where it does not grow): ``old`` is 0 on new units
+    (their outgoing columns and optimizer state start at zero) and 1 elsewhere; ``half`` is 0.5 on a new unit
+    and on its parent, which share its outgoing columns and saliency, and 1 elsewhere (all 1 for the parentless
+    rules); ``fresh`` is 1 on new units and 0 elsewhere."""
+
+    old: VectorSlice | None = None
+    half: VectorSlice | None = None
+    fresh: VectorSlice | None = None
+
+
+def _growth_scales(change: WidthChange) -> dict[str, _Scales]:
+    """Every group's :class:`_Scales`, computed for the whole change in a few numpy operations, as slices of one
+    CPU array that the batch moves to the device in its one copy."""
+    changes = change.groups
+    if change.kind != "grow" or not changes:
+        return dict.fromkeys(changes, _Scales())
+    news = [c.new.cpu().numpy() for c in changes.values()]
+    lengths = np.array([n.shape[0] for n in news])
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    is_new = np.concatenate(news)
+    counts = np.concatenate([[0], np.cumsum(is_new)])
+    fresh = is_new.astype(np.float32)
+    vectors = np.concatenate([1 - fresh, 1 - 0.5 * fresh, fresh])  # old, half, fresh
+    copies = np.repeat([c.init not in PARENTLESS for c in changes.values()], lengths)
+    half = vectors[len(fresh) : 2 * len(fresh)]
+    half[~copies] = 1.0
+    if copies.any():  # a parent's share, at its place in the concatenation
+        index = np.concatenate([c.index.cpu().numpy() for c in changes.values()])
+        half[(index + np.repeat(starts, lengths))[is_new & copies]] = 0.5
+    base, n = torch.from_numpy(vectors), len(fresh)
+    return {
+        name: _Scales(VectorSlice(base, a, b - a), VectorSlice(base, n + a, b - a), VectorSlice(base, 2 * n + a, b - a))
+        if grows
+        else _Scales()
+        for name, a, b, grows in zip(changes, starts.tolist(), ends.tolist(), (counts[ends] > counts[starts]).tolist())
+    }
+
+
+def _plan_group(planner: _Planner, group, change: GroupChange, scales: _Scales) -> None:
     optimizer, saliency = planner.optimizer, planner.saliency
     init, noise, seed = change.init, change.noise, change.seed
     # The change's maps stay on the CPU: the batch moves them to the device in its one copy.
-    index, new = change.index.cpu(), change.new.cpu()
-    is_new = new.numpy()  # the scales are small host vectors: numpy builds them for a fraction of torch's dispatch
-    growing = kind == "grow" and bool(is_new.any())
-    old = half = fresh = None  # the scales below, used by growth only
-    if growing:
-        fresh = is_new.astype(np.float32)  # 1 on new units
-        old = torch.from_numpy(1 - fresh)
-        # A new unit and its parent share the parent's outgoing columns and saliency: 0.5 each, 1 elsewhere.
-        if init in PARENTLESS:
-            half = old.new_ones(old.shape)
-        else:
-            shares = 1 - 0.5 * fresh
-            shares[index.numpy()[is_new]] = 0.5
-            half = torch.from_numpy(shares)
-        fresh = torch.from_numpy(fresh)
+    index, new = change.index.cpu(), change.new
+    old, half, fresh = scales
+    growing = old is not None
 
     entry = planner.open(index.numel())
     add = entry.add
     producers, consumers, owners = planner.static(group)
     tensor = planner.tensor
-    for qualname, dim, target in producers:
+    for qualname, dim, target, alone in producers:
         t = tensor(qualname)
         std, std_of_input = 0.0, 0.0
         if not growing:
             pass
         elif init in PARENTLESS and (qualname == group.saliency or (dim == 0 and t.dim() >= 2)):
             shape = planner.shape(target, t)  # every filter of the group's producers: Kaiming-normal
-            std = fresh * math.sqrt(2.0 / max(1, shape[0] * math.prod(shape[2:])))
+            std = host_vector(fresh) * math.sqrt(2.0 / max(1, shape[0] * math.prod(shape[2:])))
         elif qualname == group.saliency and noise > 0:
             if math.prod(planner.shape(target, t)) > 1:
                 # noise × std(filter weights as the earlier groups leave them), a std the device computes
                 std, std_of_input = fresh, noise
             else:
-                std = fresh * noise
-        add(t, dim, target, None, std, std_of_input)
+                std = host_vector(fresh) * noise
+        add(t, dim, target, None, std, std_of_input, alone)
     scale = (half if init == "split" else old) if growing else None
-    for qualname, dim, target in consumers:
-        add(tensor(qualname), dim, target, scale)
+    for qualname, dim, target, alone in consumers:
+        add(tensor(qualname), dim, target, scale, 0.0, 0.0, alone)
     if optimizer is not None:
         state, scale = optimizer.state, old if growing else None
-        for p, dim in owners:
+        for p, dim, alone in owners:
             values = state.get(p)
             if values:
                 shape = p.shape
                 for key, value in values.items():
                     if isinstance(value, torch.Tensor) and value.shape == shape:
-                        add(value, dim, ("optim", values, key), scale)
-    if saliency is not None and group.name in saliency:
-        add(saliency[group.name], 0, ("saliency", group.name), half if growing else None)
+                        add(value, dim, ("optim", values, key), scale, 0.0, 0.0, alone)
+    if saliency is not None and group.name in saliency:  # (one buffer per group)
+        add(saliency[group.name], 0, ("saliency", group.name), half if growing else None, 0.0, 0.0, True)
 
     if init in PARENTLESS and growing:
-        index = torch.where(new, torch.full_like(index, -1), index)
+        index = torch.where(new.cpu(), torch.full_like(index, -1), index)
     entry.close(index, seed)
     planner.groups.append((group, change))
 
