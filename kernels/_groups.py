@@ -151,12 +151,13 @@ class GatherBatch:
         entries = self._entries
         checked = self.checked
         kept = checked.host_vector_offsets  # (a vector is often the scale of several entries: kept once)
-        for vector in (scale, std):
-            if type(vector) is VectorSlice:
-                vector = vector.base
-            elif not isinstance(vector, torch.Tensor):
-                continue
+        if scale is not None:
+            vector = scale.base if type(scale) is VectorSlice else scale
             if id(vector) not in kept and vector.device.type == "cpu":
+                _keep_host_vector(checked, vector)
+        if type(std) is not float:
+            vector = std.base if type(std) is VectorSlice else std
+            if isinstance(vector, torch.Tensor) and id(vector) not in kept and vector.device.type == "cpu":
                 _keep_host_vector(checked, vector)
         if type(tensor) is GroupOutput:
             produced = self.entry(*tensor)

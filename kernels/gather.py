@@ -416,7 +416,12 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
             moments = 0
             if relative and std_bits:  # the input's moments, summed by a launch before this gather's
                 moments = -1 - (layout.nbytes + 24 * len(moment_counts))
-            scale_address = address(scale)
+            if scale is None:
+                scale_address = 0
+            elif type(scale) is VectorSlice and id(scale.base) in staged:  # the usual case, without a call
+                scale_address = -1 - staged[id(scale.base)] - 4 * scale.start
+            else:
+                scale_address = address(scale)
             out = empty(*out_shape, dtype=entry.dtype, device=device)  # (ints, not a list: parsed faster)
             wave = 0
             if source is not None and out_numel and source.is_contiguous():
