@@ -316,6 +316,14 @@ def _moment_rows(src: torch.Tensor, dim: int, sums: int, head: list) -> list[lis
     """Rows summing the moments of ``src`` gathered along ``dim`` into the float64 pair at ``sums`` (every
     segment adds to the same pair); ``head`` holds the columns NOISE_OFFSET to SCALE (an INDEX of 0: the
     identity)."""
+    if src.is_contiguous():  # one segment
+        shape = src.shape
+        inner_numel = math.prod(shape[dim + 1 :])
+        numel = math.prod(shape[:dim]) * head[LENGTH - NOISE_OFFSET] * inner_numel
+        if not numel:
+            return []
+        return [[src.data_ptr(), sums, 0, numel, *head, 0, 0, 0, shape[dim] * inner_numel, inner_numel, *_UNCHAINED]
+                + [inner_numel, inner_numel, 1]]  # fmt: skip
     rows = _single_rows(src, dim, 0, head + [0, 0, 0])
     for row in rows:
         row[DST] = sums
@@ -402,7 +410,7 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
             channel, inner_numel = shape[dim], prod(shape[dim + 1 :])
             out_shape = list(shape)
             out_shape[dim] = length
-            out_numel = prod(shape[:dim]) * length * inner_numel
+            out_numel = (prod(shape[:dim]) if dim else 1) * length * inner_numel
             consumer = entry.consumer
             if consumer is not None and _chainable(entry, groups[consumer[0]].entries[consumer[1]]):
                 outs.append(None)  # computed by its consumer's chained rows, never stored
@@ -459,9 +467,8 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
             if rows:
                 launch = launches.get((wave, 1, entry.dtype))
                 if launch is None:
-                    launches[wave, 1, entry.dtype] = rows
-                else:
-                    launch += rows
+                    launches[wave, 1, entry.dtype] = launch = []
+                launch += rows
             if moments:
                 moment_counts.append(math.prod(entry.shape))
                 launch = launches.get((wave, 0, entry.dtype))
