@@ -13,9 +13,9 @@ as many levels as it needs (``INNER_DIMS``, two for a channels_last conv weight 
 that still has several levels is enumerated into several *segments*, each a contiguous block of the output.
 One int64 descriptor row per segment holds the source and output addresses (cast in the kernel with
 ``.to(tl.pointer_type(...))``, as in Triton's grouped-GEMM tutorial), sizes, strides, the address and length of
-its group's index map, its group's seed, the scale/std addresses (and that of a device scalar multiplying the
-std, for noise relative to a statistic the host never reads) and the first program id of the segment (a
-prefix sum of its blocks of ``BLOCK`` output elements). Program ``pid`` finds its segment by counting the prefix
+its group's index map, its group's seed, the scale/std addresses (and that of the input's moments, for noise
+relative to the input's std) and the first program id of the segment (a prefix sum of its blocks of ``BLOCK``
+output elements). Program ``pid`` finds its segment by counting the prefix
 sums ``<= pid``, then writes ``BLOCK`` consecutive output elements: stores are contiguous, loads follow the
 source strides; the position math costs two int32 divisions per element (one more per extra inner level).
 Pairs of different dtypes are launched once per dtype (the dtype is a ``tl.constexpr``); every pair of one dtype
@@ -27,6 +27,13 @@ goes through the other group's index map too, the first gather's scale is applie
 dtype as the first output would be stored, then the second's scale and noise; the intermediate is never stored.
 Where one row cannot (noise in the first gather, the same dim twice, a size > 1 dim between the two, three
 gathers in a row), the intermediate is stored by one launch and read by the next (a *wave*).
+
+Moments. Noise relative to the std of the input it reads (``GatherBatch``'s ``std_of_input``: surgery's noise on
+a copied filter, relative to the filter's weight as the earlier groups leave it) needs a reduction before the
+gather: the input's Σx and Σx² are summed in float64 by a launch of their own (``MOMENTS`` rows, the row of a
+gather with DST the address of the pair and, for an input read as it is, an index map address of 0 for the
+identity; for a chained input, the first gather's row), before the gathers of its wave, which compute the
+sample std from them. The host never reads it.
 
 Host side. The table is built from metadata only (addresses, shapes, strides: nothing is read from the device),
 as one int64 array for all launches; addresses of index maps and vectors given on the CPU are written as markers
@@ -275,7 +282,7 @@ def _levels(shape, strides, dims) -> list[tuple[int, int]]:
 
 def _single_rows(src: torch.Tensor, dim: int, dst: int, head: list) -> list[list]:
     """Descriptor rows gathering ``src`` along ``dim`` into a contiguous output at ``dst``; ``head`` holds the
-    columns NOISE_OFFSET to STD_SCALE (LENGTH among them).
+    columns NOISE_OFFSET to STD_MOMENTS (LENGTH among them).
 
     Adjacent non-channel dims merge where the strides allow; outer levels left beyond the innermost one are
     enumerated, one segment (a contiguous block of the output) per combination of them.

@@ -7,7 +7,8 @@ is one group's consumer and the next group's producer) is taken as that group's 
 built into one ``GatherBatch`` (the prepared form of ``gather_channels_groups``: surgery knows every shape, so
 nothing is checked again) and runs as one launch per dtype on GPU, with no host-device sync; the results are
 assigned group by group, and last come the growth rules' per-group steps after the gather. The noise on a
-copied filter is relative to the std of its weight, a device scalar the kernel reads: the host never waits.
+copied filter is relative to the std of its weight as the earlier groups leave it, a std the device computes
+(the batch sums the weight's moments before the gathers): the host never waits.
 Parameters keep their identity (``p.data`` is replaced), so the optimizer needs no rebuild.
 
 Callers must drop every tensor that still holds an autograd graph (the last loss) first: such a
@@ -240,11 +241,10 @@ def _growth_scales(change: WidthChange) -> dict[str, _Scales]:
     changes = change.groups
     if change.kind != "grow" or not changes:
         return dict.fromkeys(changes, _Scales())
-    news = [c.new.cpu().numpy() for c in changes.values()]
-    lengths = np.array([n.shape[0] for n in news])
+    lengths = np.array([c.new.shape[0] for c in changes.values()])
     ends = np.cumsum(lengths)
     starts = ends - lengths
-    is_new = np.concatenate(news)
+    is_new = torch.cat([c.new for c in changes.values()]).cpu().numpy()
     counts = np.concatenate([[0], np.cumsum(is_new)])
     fresh = is_new.astype(np.float32)
     vectors = np.concatenate([1 - fresh, 1 - 0.5 * fresh, fresh])  # old, half, fresh
@@ -252,7 +252,7 @@ def _growth_scales(change: WidthChange) -> dict[str, _Scales]:
     half = vectors[len(fresh) : 2 * len(fresh)]
     half[~copies] = 1.0
     if copies.any():  # a parent's share, at its place in the concatenation
-        index = np.concatenate([c.index.cpu().numpy() for c in changes.values()])
+        index = torch.cat([c.index for c in changes.values()]).cpu().numpy()
         half[(index + np.repeat(starts, lengths))[is_new & copies]] = 0.5
     base, n = torch.from_numpy(vectors), len(fresh)
     return {
