@@ -124,13 +124,12 @@ def test_host_benchmarks_run_and_restore_the_kernels(tmp_path):
     assert len(steps) == 4 and all(r["old_over_this"] > 0 for r in steps)
     assert all(r["median_us"] > 0 and r["p20_us"] > 0 and r["p80_us"] > 0 for r in rows)
     changes = json.loads(paths[3].read_text())["rows"]
-    assert {(r["change"], r["path"]) for r in changes} == {
-        (kind, path) for kind in ("grow", "prune") for path in (host.OLD_PATH, host.BATCHED_PATH, host.BATCHED_CALL)
-    }
+    paths = (host.OLD_PATH, host.BATCHED_PATH, host.BATCHED_CALL, host.CHECKED_CALL)
+    assert {(r["change"], r["path"]) for r in changes} == {(kind, path) for kind in ("grow", "prune") for path in paths}
     assert all(r["median_ms"] > 0 and r["p20_ms"] > 0 for r in changes)
-    assert all(r["old_over_this"] > 0 for r in changes if r["path"] != host.BATCHED_CALL)
+    assert all(r["old_over_this"] > 0 for r in changes if r["path"] in paths[:2])
     for r in changes:  # float32 throughout: one launch per change batched (growth: and its moments), per group before
-        batched = 2 if r["change"] == "grow" else 1
+        batched = 2 if r["change"] == "grow" and r["path"] != host.CHECKED_CALL else 1
         assert r["launches"] == (r["groups"] if r["path"] == host.OLD_PATH else batched)
     assert stats._channel_l1_l2_wg_kernel is kernel and os.environ.get("TRITON_INTERPRET") == interpret
     assert gather._gather_channels_kernel is gather_kernel and torch.get_num_threads() == threads
