@@ -427,7 +427,7 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
             if type(std) is float:
                 std_address, std_bits = 0, (_float_bits(std * (relative or 1.0)) if std else 0)
             else:
-                std_address, std_bits = address(std), _float_bits(relative or 1.0)
+                std_address, std_bits = address(std), (_float_bits(relative) if relative else _ONE_BITS)
             moments = 0
             if relative and std_bits:  # the input's moments, summed by a launch before this gather's
                 moments = -1 - (layout.nbytes + 24 * len(moment_counts))
