@@ -127,8 +127,9 @@ class GatherBatch:
                                                          # 0.01 · std(output k) on the slices where new is 1
         results = batch.run(impl="auto")                 # as gather_channels_groups returns them
 
-    Host cost (``python -m benchmarks.host``, Triton path, launch stubbed; AMD EPYC): a VGG-19 growth step (16
-    groups, 176 tensors) runs in 0.67 ms, against 1.1 ms for the checked call.
+    Host cost (``python -m benchmarks.host``, Triton path, launch stubbed; AMD EPYC): a VGG-19 growth step's batch
+    (16 groups, 176 tensors, at 1/8 width) runs in 0.59 ms, against 0.94 ms for the checked call on the same
+    groups; surgery's whole change, planning and assignment included, takes 0.93 ms.
     """
 
     __slots__ = ("checked", "_entries", "_ran")
