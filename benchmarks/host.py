@@ -206,12 +206,21 @@ BATCHED_CALL = "batched: the gather call alone (GatherBatch.run)"
 CHECKED_CALL = "checked: gather_channels_groups (the same groups)"
 
 
-def change_workloads() -> dict[str, Workload]:
-    """VGG-19 (CIFAR-100), and the same net at 1/8 width: same groups and tensors, next to no data."""
+@dataclasses.dataclass(frozen=True)
+class ChannelsLast:
+    """A workload whose conv weights (and their momentum) are channels_last, as the GPU recipes keep them."""
+
+    workload: Workload
+
+
+def change_workloads() -> dict[str, Workload | ChannelsLast]:
+    """VGG-19 (CIFAR-100), and the same net at 1/8 width (same groups and tensors, next to no data), contiguous
+    and channels_last."""
     vgg19 = vgg19_cifar100()
     cfg = tuple(c if c == "M" else c // 8 for c in vgg19.spec.cfg)
     narrow = dataclasses.replace(vgg19, name="vgg19 at 1/8 width", spec=dataclasses.replace(vgg19.spec, cfg=cfg))
-    return {"vgg19": vgg19, "vgg19/8": dataclasses.replace(narrow, round_to=1)}
+    narrow = dataclasses.replace(narrow, round_to=1)
+    return {"vgg19": vgg19, "vgg19/8": narrow, "vgg19/8 channels_last": ChannelsLast(narrow)}
 
 
 @contextlib.contextmanager
@@ -365,7 +374,7 @@ def _unrun(batch: GatherBatch) -> GatherBatch:
 
 
 def bench_width_change(
-    workloads: dict[str, Workload] | None = None, *, repeat: int = 50, warmup: int = 3
+    workloads: dict[str, Workload | ChannelsLast] | None = None, *, repeat: int = 50, warmup: int = 3
 ) -> list[dict[str, Any]]:
     """Rows of host milliseconds per structural change, old per-group path against the batched one (see the
     module docstring)."""
@@ -381,10 +390,16 @@ def bench_width_change(
         torch.set_num_threads(threads)
 
 
-def _bench_change(name: str, workload: Workload, kind: str, repeat: int, warmup: int) -> list[dict[str, Any]]:
+def _bench_change(
+    name: str, workload: Workload | ChannelsLast, kind: str, repeat: int, warmup: int
+) -> list[dict[str, Any]]:
+    channels_last = isinstance(workload, ChannelsLast)
+    workload = workload.workload if channels_last else workload
     widths, plan = change_cost_plan(workload, kind)
     torch.manual_seed(0)
     model = build_model(workload.spec, widths, device="cpu")
+    if channels_last:  # (the momentum follows: it starts as a copy of the gradient, which keeps the layout)
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for p in model.parameters():  # SGD momentum exists, as in training; no gradients left to free
         p.grad = torch.zeros_like(p)
@@ -476,6 +491,8 @@ CHANGE_NOTES = [
     "std given as its value, so no moments launch).",
     "At real widths the outputs are MB-sized CPU allocations (page faults a GPU's caching allocator does not "
     "have): 'vgg19/8' is the same change structure with next to no data, and host cost is read from it.",
+    "'channels_last': conv weights and their momentum in that layout, as the GPU recipes keep them; their rows "
+    "take the general layout path (strided inner levels) instead of the contiguous one.",
     "The noise's std on a grown filter is the device's work (a moments launch), not the host's: no row here "
     "computes it.",
     f"Target (batched, development CPU): ≤ {CHANGE_TARGET_MS:g} ms per VGG-19 change.",

@@ -255,17 +255,6 @@ def _gather_channels_kernel(
         tl.store(dst + flat, _round(x, DTYPE), mask=mask)
 
 
-def _merge(levels: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Merge adjacent (size, stride) levels, outermost first, that address like one level (a view, no copy)."""
-    merged: list[tuple[int, int]] = []
-    for size, stride in levels:
-        if merged and merged[-1][1] == size * stride:
-            merged[-1] = (merged[-1][0] * size, stride)
-        else:
-            merged.append((size, stride))
-    return merged
-
-
 def _float_bits(value: float) -> int:
     """The float32 bit pattern of ``value`` as a signed int (read back in the kernel with a bitcast)."""
     return struct.unpack("<i", struct.pack("<f", value))[0]
@@ -276,8 +265,18 @@ _UNCHAINED = (0, 0, 0, 1)  # OUTER_INDEX..OUTER_FIRST: no outer map; the (identi
 
 
 def _levels(shape, strides, dims) -> list[tuple[int, int]]:
-    """The merged (size, stride) levels of ``dims`` (outermost first), size-1 dims dropped."""
-    return _merge([(shape[d], strides[d]) for d in dims if shape[d] != 1])
+    """The (size, stride) levels of ``dims`` (outermost first), size-1 dims dropped, adjacent levels that address
+    like one level merged (a view, no copy)."""
+    merged: list[tuple[int, int]] = []
+    for d in dims:
+        size = shape[d]
+        if size != 1:
+            stride = strides[d]
+            if merged and merged[-1][1] == size * stride:
+                merged[-1] = (merged[-1][0] * size, stride)
+            else:
+                merged.append((size, stride))
+    return merged
 
 
 def _single_rows(src: torch.Tensor, dim: int, dst: int, head: list) -> list[list]:
@@ -310,6 +309,8 @@ def _single_rows(src: torch.Tensor, dim: int, dst: int, head: list) -> list[list
 
 def _segments(src: torch.Tensor, enumerated: list, dst: int, numel: int, head: list, tail: list) -> list[list]:
     """One row per combination of the ``enumerated`` outer levels: a contiguous block of ``numel`` outputs."""
+    if not enumerated:  # one segment
+        return [[src.data_ptr(), dst, 0, numel, *head, *tail]]
     address, element_size, noise_offset, columns = src.data_ptr(), src.element_size(), head[0], head[1:]
     rows = []
     for block, coords in enumerate(itertools.product(*(range(s) for s, _ in enumerated))):
@@ -502,22 +503,30 @@ def _launch_all(checked: CheckedGroups, layout: HostLayout, launches: dict, mome
     inner_dims = (max(max(map(len, rows)) for rows in launches.values()) - INNER) // 2
     fields = INNER + 2 * inner_dims
     prefix = 3 * len(moment_counts)
-    flat: list[int] = [0] * prefix  # the moments' triples, then the rows
+    ordered: list[list[int]] = []  # the rows in table order
     chunks = []  # (dtype, moments?, first row, rows)
-    n_rows = 0
     for (_, phase, dtype), rows in sorted(launches.items(), key=lambda item: item[0][:2]):
         for start in range(0, len(rows), MAX_SEGMENTS):
             chunk = rows[start : start + MAX_SEGMENTS]
-            chunks.append((dtype, phase == 0, n_rows, len(chunk)))
-            n_rows += len(chunk)
-            for row in chunk:
-                flat += row
-                if len(row) < fields:  # unit levels outside the real ones change no offset
-                    flat += [1, 0] * ((fields - len(row)) // 2)
-    staged = np.fromiter(flat, dtype=np.int64, count=len(flat))
+            chunks.append((dtype, phase == 0, len(ordered), len(chunk)))
+            ordered += chunk
+    n_rows, size = len(ordered), prefix + len(ordered) * fields
+    flat: list[int] = [0] * prefix  # the moments' triples [0, 0, n], then the rows
+    for row in ordered:
+        flat += row
+    if len(flat) == size:  # every row as wide as the widest
+        staged = np.fromiter(flat, dtype=np.int64, count=size)
+        table = staged[prefix:].reshape(n_rows, fields)
+    else:  # unit levels (size 1, stride 0) beyond a row's own change no offset
+        staged = np.zeros(size, dtype=np.int64)
+        table = staged[prefix:].reshape(n_rows, fields)
+        table[:, INNER::2] = 1
+        lengths = np.fromiter(map(len, ordered), dtype=np.int64, count=n_rows)
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        values = np.fromiter(flat, dtype=np.int64, count=len(flat))[prefix:]
+        table[np.repeat(np.arange(n_rows), lengths), np.arange(len(values)) - starts] = values
     if prefix:
         staged[2:prefix:3] = np.array(moment_counts, dtype=np.float64).view(np.int64)
-    table = staged[prefix:].reshape(n_rows, fields)
     plan = []
     for dtype, moments, first, n_segments in chunks:
         launch = table[first : first + n_segments]

@@ -120,6 +120,13 @@ def test_non_contiguous_sources(dtype):
     for src, dim in cases:
         assert not src.is_contiguous()
         check_many([src], [dim], index.clamp(max=src.shape[dim] - 1))
+    # All in one call, each its own group, with a contiguous source: rows of one, two and more levels share
+    # one launch (the narrower padded with unit levels), and each output is its call's, bit for bit.
+    cases.append((base, 1))
+    groups = [GatherGroup([src], [dim], index.clamp(max=src.shape[dim] - 1)) for src, dim in cases]
+    together = gather_channels_groups(groups, impl="triton")
+    for [out], (src, dim), group in zip(together, cases, groups):
+        assert_bits(out, gather_channels_many([src], [dim], group.index, impl="triton")[0])
 
 
 def test_group_in_one_launch(launches):
