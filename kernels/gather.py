@@ -370,6 +370,8 @@ def _chainable(producer: Entry, consumer: Entry) -> bool:
     along different dims with only size-1 dims between them."""
     if producer.source is None or type(producer.std) is not float or producer.std != 0:
         return False
+    if abs(producer.dim - consumer.dim) == 1:  # adjacent dims (a conv weight's columns and rows)
+        return True
     low, high = sorted((producer.dim, consumer.dim))
     return low != high and all(producer.shape[d] == 1 for d in range(low + 1, high))
 
@@ -410,15 +412,20 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
         else:
             index_addresses.append(-1 - offset)
     empty, prod = torch.empty, math.prod
+    geometries: dict[tuple, tuple] = {}  # (input shape, dim, length) -> channel size, inner numel, output numel, shape
     for g, group in enumerate(groups):
         length, seed, index_address, entries = group.length, group.seed, index_addresses[g], group.entries
         outs, noise_offset = [], 0
         for entry in entries:
             dim, shape, source = entry.dim, entry.shape, entry.source
-            channel, inner_numel = shape[dim], prod(shape[dim + 1 :])
-            out_shape = list(shape)
-            out_shape[dim] = length
-            out_numel = (prod(shape[:dim]) if dim else 1) * length * inner_numel
+            geometry = geometries.get((shape, dim, length))  # (a group's vectors share one)
+            if geometry is None:
+                out_shape = list(shape)
+                out_shape[dim] = length
+                inner_numel = prod(shape[dim + 1 :])
+                out_numel = (prod(shape[:dim]) if dim else 1) * length * inner_numel
+                geometry = geometries[shape, dim, length] = (shape[dim], inner_numel, out_numel, out_shape)
+            channel, inner_numel, out_numel, out_shape = geometry
             consumer = entry.consumer
             if consumer is not None and _chainable(entry, groups[consumer[0]].entries[consumer[1]]):
                 outs.append(None)  # computed by its consumer's chained rows, never stored
