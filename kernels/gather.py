@@ -298,12 +298,15 @@ def _single_rows(src: torch.Tensor, dim: int, dst: int, head: list) -> list[list
         ]
     outer = _levels(shape, strides, range(dim)) or [(1, 0)]
     inner = _levels(shape, strides, range(dim + 1, len(shape))) or [(1, 0)]
-    inner_numel = math.prod(s for s, _ in inner)
+    tail = [outer[-1][1], strides[dim], *_UNCHAINED, 1]  # INNER_NUMEL last, set below
+    inner_numel = 1
+    for level in reversed(inner):
+        inner_numel *= level[0]
+        tail += level
+    tail[INNER_NUMEL - OUTER_STRIDE] = inner_numel
     numel = outer[-1][0] * length * inner_numel
     if not numel:
         return []
-    tail = [outer[-1][1], strides[dim], *_UNCHAINED, inner_numel]
-    tail += [value for level in reversed(inner) for value in level]
     return _segments(src, outer[:-1], dst, numel, head, tail)
 
 
@@ -352,14 +355,18 @@ def _chained_rows(src: torch.Tensor, first: tuple, second: tuple, dst: int, head
         inner = ((inner_numel, 1),)
     else:
         inner = _levels(shape, strides, range(channel_dim + 1, len(shape))) or [(1, 0)]
-        inner_numel = math.prod(s for s, _ in inner)
+        inner_numel = 1
+        for size, _ in inner:
+            inner_numel *= size
     numel = outer_length * length * inner_numel
     if not numel:
         return []
     head = [*head]
     head[INDEX - NOISE_OFFSET : SCALE - NOISE_OFFSET + 1] = [index, length, shape[channel_dim], scale]
     tail = [strides[outer_dim], strides[channel_dim], outer_index, shape[outer_dim], outer_scale, int(outer_first)]
-    tail += [inner_numel, *(value for level in reversed(inner) for value in level)]
+    tail.append(inner_numel)
+    for level in reversed(inner):
+        tail += level
     if outer_dim == 0:  # nothing to enumerate: one segment (a conv weight's rows and columns)
         return [[src.data_ptr(), dst, 0, numel, *head, *tail]]
     return _segments(src, _levels(shape, strides, range(outer_dim)), dst, numel, head, tail)
