@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections import Counter
 from typing import NamedTuple
 
 import numpy as np
@@ -157,9 +158,9 @@ class _Planner:
         of a change reads or rewrites it, and it needs no bookkeeping (see ``_Entry.add``)."""
         found = self.statics.get(group.name)
         if found is None or found[0] is not group:
-            read = [q for g in self.model.groups for q, _ in g.producers + g.consumers]
-            read += [s.tensor for g in self.model.groups for s in g.spans]
-            alone = {q for q in read if read.count(q) == 1}
+            read = Counter(q for g in self.model.groups for q, _ in g.producers + g.consumers)
+            read.update(s.tensor for g in self.model.groups for s in g.spans)
+            alone = {q for q, n in read.items() if n == 1}
             producers = tuple((q, d, ("tensor", q), q in alone) for q, d in group.producers)
             consumers = tuple((q, d, ("tensor", q), q in alone) for q, d in group.consumers)
             pairs = group.producers + group.consumers
@@ -278,12 +279,10 @@ def _plan_group(planner: _Planner, group, change: GroupChange, scales: _Scales) 
     for qualname, dim, target, alone in producers:
         t = tensor(qualname)
         std, std_of_input = 0.0, 0.0
-        if not growing:
-            pass
-        elif init in PARENTLESS and (qualname == group.saliency or (dim == 0 and t.dim() >= 2)):
+        if growing and init in PARENTLESS and (qualname == group.saliency or (dim == 0 and t.dim() >= 2)):
             shape = planner.shape(target, t)  # every filter of the group's producers: Kaiming-normal
             std = host_vector(fresh) * math.sqrt(2.0 / max(1, shape[0] * math.prod(shape[2:])))
-        elif qualname == group.saliency and noise > 0:
+        elif growing and qualname == group.saliency and noise > 0:
             if math.prod(planner.shape(target, t)) > 1:
                 # noise × std(filter weights as the earlier groups leave them), a std the device computes
                 std, std_of_input = fresh, noise
