@@ -24,7 +24,7 @@ from cgap_triton.kernels import (
     gather_channels_many,
     reference,
 )
-from cgap_triton.kernels._groups import GatherBatch
+from cgap_triton.kernels._groups import GatherBatch, VectorSlice, host_vector
 
 gather = pytest.importorskip("cgap_triton.kernels.gather")
 sys.path.insert(0, os.path.dirname(__file__))
@@ -578,6 +578,37 @@ def test_noise_relative_to_the_std_of_the_input(case, dtype, impl, launches):
                 if want is not None:
                     torch.testing.assert_close(out, want)
     assert not torch.equal(actual[1][0], gather_channels_groups([first, second], impl=impl)[1][0])  # it has noise
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_vector_slices_are_their_views(impl):
+    """Scales and stds given as VectorSlices of one CPU base (as surgery gives them) are the views they name:
+    the batch gives the same outputs as with those views as tensors, bit for bit."""
+    groups = three_groups()
+    base, starts = torch.rand(40), iter(range(0, 40, 8))
+    sliced = []
+    for tensors, dims, index, scales, stds, seed in groups:
+        n = index.numel()
+
+        def as_slice(v, n=n):
+            if not isinstance(v, torch.Tensor):
+                return v
+            start = next(starts)
+            base[start : start + n] = v.float()
+            return VectorSlice(base, start, n)
+
+        scales = None if scales is None else [None if v is None else as_slice(v) for v in scales]
+        stds = None if stds is None else [as_slice(v) for v in stds]
+        sliced.append(GatherGroup(tensors, dims, index, scales, stds, seed))
+    views = [
+        g._replace(
+            scales=None if g.scales is None else [None if v is None else host_vector(v) for v in g.scales],
+            noise_stds=None if g.noise_stds is None else [host_vector(v) for v in g.noise_stds],
+        )
+        for g in sliced
+    ]
+    assert any(isinstance(v, VectorSlice) for g in sliced for v in (g.scales or []) + list(g.noise_stds or []))
+    assert_groups(as_batch(sliced).run(impl), as_batch(views).run(impl))
 
 
 def test_a_gather_batch_runs_once_and_closed(launches):
