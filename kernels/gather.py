@@ -327,16 +327,8 @@ def _moment_rows(src: torch.Tensor, dim: int, sums: int, head: list) -> list[lis
     """Rows summing the moments of ``src`` gathered along ``dim`` into the float64 pair at ``sums`` (every
     segment adds to the same pair); ``head`` holds the columns NOISE_OFFSET to SCALE (an INDEX of 0: the
     identity)."""
-    if src.is_contiguous():  # one segment
-        shape = src.shape
-        inner_numel = math.prod(shape[dim + 1 :])
-        numel = math.prod(shape[:dim]) * head[LENGTH - NOISE_OFFSET] * inner_numel
-        if not numel:
-            return []
-        return [[src.data_ptr(), sums, 0, numel, *head, 0, 0, 0, shape[dim] * inner_numel, inner_numel, *_UNCHAINED]
-                + [inner_numel, inner_numel, 1]]  # fmt: skip
-    rows = _single_rows(src, dim, 0, head + [0, 0, 0])
-    for row in rows:
+    rows = _single_rows(src, dim, sums, head + [0, 0, 0])
+    for row in rows[1:]:  # (a later segment's DST would be offset like an output's)
         row[DST] = sums
     return rows
 
@@ -454,7 +446,7 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
                 scale_address = address(scale)
             out = empty(*out_shape, dtype=entry.dtype, device=device)  # (ints, not a list: parsed faster)
             wave = 0
-            if source is not None and out_numel and source.is_contiguous():
+            if source is not None and out_numel and source.is_contiguous():  # _single_rows' usual case, inline
                 rows = [
                     [source.data_ptr(), out.data_ptr(), 0, out_numel, noise_offset, seed, index_address, length]
                     + [channel, scale_address, std_address, std_bits, moments, channel * inner_numel, inner_numel]
