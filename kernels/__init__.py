@@ -286,11 +286,11 @@ def gather_channels_groups(
     one (one more launch per dtype for each such step).
 
     Host cost (``python -m benchmarks.host``: CPU tensors, Triton path, kernel launch replaced by a no-op; AMD
-    EPYC, 1 thread, median): about 4–5.5 µs per tensor — 0.93 ms for a VGG-19 growth step (16 groups, 176 tensors,
-    30 of them chained) and 0.62–0.69 ms for a pruning step (14–15 groups, 154–165 tensors). The per-group calls
+    EPYC, 1 thread, median): about 4–5.5 µs per tensor — 0.90 ms for a VGG-19 growth step (16 groups, 176 tensors,
+    30 of them chained) and 0.58–0.65 ms for a pruning step (14–15 groups, 154–165 tensors). The per-group calls
     this replaces also stopped the host at every index and std check and table copy on a GPU. Each launch then
     adds Triton's own launch overhead. The package's surgery builds its changes unchecked (its planner knows
-    every shape; ``_groups.GatherBatch``), whose run takes 0.42–0.58 ms for the same steps.
+    every shape; ``_groups.GatherBatch``), whose run takes 0.41–0.57 ms for the same steps.
 
     Args:
         groups: a sequence of :class:`GatherGroup` (or plain tuples in its order).
