@@ -161,11 +161,15 @@ def as_gather_groups(batch: GatherBatch) -> tuple[list[GatherGroup], dict[tuple[
     it stands for, ``std · float32(c · std(input))``, the inputs computed by the torch twin. Tensors are detached:
     surgery reassigns each Parameter's .data in place, which would reshape a kept reference."""
     groups, relative, values = [], {}, []
+    replay = any(e.std_of_input for group in batch.checked.groups for e in group.entries)  # inputs needed
     for g, group in enumerate(batch.checked.groups):
         tensors, inputs, dims, scales, stds = [], [], [], [], []
         for k, e in enumerate(group.entries):
             tensors.append(GroupOutput(*e.consumes) if e.source is None else e.source.detach())
-            inputs.append(tensors[-1] if e.source is not None else values[e.consumes[0]][e.consumes[1]])
+            if e.source is not None:
+                inputs.append(tensors[-1])
+            else:  # an earlier group's output, as the twin computes it (only when a relative std needs it)
+                inputs.append(values[e.consumes[0]][e.consumes[1]] if replay else None)
             dims.append(e.dim)
             scales.append(None if e.scale is None else host_vector(e.scale))
             std = e.std if type(e.std) is float else host_vector(e.std)
@@ -175,12 +179,13 @@ def as_gather_groups(batch: GatherBatch) -> tuple[list[GatherGroup], dict[tuple[
                 vector = std if isinstance(std, torch.Tensor) else torch.full((group.length,), std)
                 std = vector.to(factor.device).float() * factor
             stds.append(std)
-        index = group.index.to(inputs[0].device)
-        on_device = [None if s is None else s.to(index.device) for s in scales]
-        noise = [s.to(index.device) if isinstance(s, torch.Tensor) else s for s in stds]
-        values.append(
-            reference.gather_channels_many(inputs, dims, index, scales=on_device, noise_stds=noise, seed=group.seed)
-        )
+        if replay:  # the group's outputs, read as inputs by later groups (the torch twin's values)
+            index = group.index.to(inputs[0].device)
+            on_device = [None if s is None else s.to(index.device) for s in scales]
+            noise = [s.to(index.device) if isinstance(s, torch.Tensor) else s for s in stds]
+            values.append(
+                reference.gather_channels_many(inputs, dims, index, scales=on_device, noise_stds=noise, seed=group.seed)
+            )
         groups.append(GatherGroup(tensors, dims, group.index, scales, stds, group.seed))
     return groups, relative
 

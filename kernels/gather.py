@@ -445,31 +445,25 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
             else:
                 scale_address = address(scale)
             out = empty(*out_shape, dtype=entry.dtype, device=device)  # (ints, not a list: parsed faster)
-            wave = 0
+            wave, read = 0, source  # read: the tensor the entry reads as it is, if one does
             if source is not None and out_numel and source.is_contiguous():  # _single_rows' usual case, inline
                 rows = [
                     [source.data_ptr(), out.data_ptr(), 0, out_numel, noise_offset, seed, index_address, length]
                     + [channel, scale_address, std_address, std_bits, moments, channel * inner_numel, inner_numel]
                     + [*_UNCHAINED, inner_numel, inner_numel, 1]
                 ]
-                if moments:
-                    moment_rows = _moment_rows(source, 0, moments, [0, 0, 0, shape[0], shape[0], 0])
             else:
                 head = [noise_offset, seed, index_address, length, channel, scale_address, std_address, std_bits]
                 head.append(moments)
                 if source is not None:
                     rows = _single_rows(source, dim, out.data_ptr(), head)
-                    if moments:
-                        moment_rows = _moment_rows(source, 0, moments, [0, 0, 0, shape[0], shape[0], 0])
                 else:
                     pg, pk = entry.consumes
                     stored = intermediates.get((pg, pk))
                     if stored is not None:  # the earlier output, stored by an earlier launch
-                        src, wave = stored
+                        read, wave = stored
                         wave += 1
-                        rows = _single_rows(src, dim, out.data_ptr(), head)
-                        if moments:
-                            moment_rows = _moment_rows(src, 0, moments, [0, 0, 0, src.shape[0], src.shape[0], 0])
+                        rows = _single_rows(read, dim, out.data_ptr(), head)
                     else:  # both gathers in this output's rows
                         producer = groups[pg].entries[pk]
                         first = (producer.dim, index_addresses[pg], groups[pg].length, address(producer.scale))
@@ -484,12 +478,13 @@ def gather_groups_triton(checked: CheckedGroups) -> list[list[torch.Tensor | Non
                     launches[wave, 1, entry.dtype] = launch = []
                 launch += rows
             if moments:
-                moment_counts.append(math.prod(entry.shape))
+                if read is not None:  # the moments of a tensor as it is: an identity map (index address 0)
+                    moment_rows = _moment_rows(read, 0, moments, [0, 0, 0, read.shape[0], read.shape[0], 0])
+                moment_counts.append(prod(shape))
                 launch = launches.get((wave, 0, entry.dtype))
                 if launch is None:
-                    launches[wave, 0, entry.dtype] = moment_rows
-                else:
-                    launch += moment_rows
+                    launches[wave, 0, entry.dtype] = launch = []
+                launch += moment_rows
             if consumer is None:
                 outs.append(out)
             else:
